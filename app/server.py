@@ -1,0 +1,154 @@
+"""Builds the app and serves it with hypercorn on trio.
+
+`create_app()` only builds and wires: the service (store, queue, worker pool) starts in
+the app's serving lifecycle, so `hypercorn -k trio 'app:create_app()'` and `python -m app`
+run the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response
+from werkzeug.exceptions import HTTPException
+
+from app import errors
+from app.application import ImgJobsApp
+from app.logs import configure_logging, log_event
+from app.routes import blueprint, json_response
+from app.service import open_service
+from app.settings import Settings, load_settings
+
+__all__ = ["create_app", "hypercorn_config", "serve"]
+
+# What a JSON envelope around the base64 image may add (keys, a data: prefix, line breaks).
+BODY_SLACK_BYTES = 64 * 1024
+PROBLEM_JSON = "application/problem+json"
+
+
+def body_limit(settings: Settings) -> int:
+    """The largest request body that can carry an image of MAX_UPLOAD_SIZE bytes."""
+    encoded = 4 * math.ceil(settings.max_upload_bytes / 3)
+    return encoded + encoded // 64 + BODY_SLACK_BYTES
+
+
+def render(error: errors.ServiceError) -> Response:
+    return json_response(
+        error.problem(), status=error.status, headers=error.headers(), content_type=PROBLEM_JSON
+    )
+
+
+def _from_http(exc: HTTPException) -> errors.ServiceError:
+    """Quart/werkzeug errors (routing, body limits) in the service's own shape."""
+    code = exc.code or 500
+    if code == 404:
+        return errors.NotFound("no such resource; see the API in the README")
+    if code == 405:
+        allowed = sorted(getattr(exc, "valid_methods", None) or [])
+        return errors.MethodNotAllowed(
+            f"method not allowed here; allowed: {', '.join(allowed)}", allowed=allowed
+        )
+    if code == 413:
+        return errors.PayloadTooLarge("the request body exceeds the upload limit")
+    if code == 408:
+        return errors.BadRequest(
+            "the request body was not received in time", code="request_timeout"
+        )
+    if 400 <= code < 500:
+        return errors.BadRequest(exc.description or "bad request")
+    return errors.ServiceError()
+
+
+def create_app(settings: Settings | None = None) -> ImgJobsApp:
+    """Build the application; nothing starts until it is served."""
+    settings = load_settings() if settings is None else settings
+    app = ImgJobsApp(__name__)
+    app.settings = settings
+    app.config["MAX_CONTENT_LENGTH"] = body_limit(settings)
+    app.config["BODY_TIMEOUT"] = 60
+    app.config["RESPONSE_TIMEOUT"] = 60
+    # The service stops itself within SHUTDOWN_GRACE; this is the outer deadline.
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_grace_s + 10
+    app.register_blueprint(blueprint)
+    stop = trio.Event()
+    stopped = trio.Event()
+
+    async def serve_service(*, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            async with open_service(settings) as service:
+                app.service = service
+                task_status.started()
+                await stop.wait()
+        finally:
+            stopped.set()
+
+    @app.before_serving
+    async def start_service() -> None:
+        configure_logging(settings.log_level)
+        await app.nursery.start(serve_service)
+
+    @app.after_serving
+    async def stop_service() -> None:
+        stop.set()
+        await stopped.wait()
+
+    @app.errorhandler(errors.ServiceError)
+    async def service_error(error: errors.ServiceError) -> Response:
+        return render(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        return render(_from_http(error))
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> Response:
+        log_event("request.error", level=logging.ERROR, exc=True)
+        return render(errors.ServiceError())
+
+    return app
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.graceful_timeout = settings.shutdown_grace_s
+    config.keep_alive_timeout = 5
+    config.read_timeout = 30
+    config.accesslog = None
+    # Through the root handler, so hypercorn's lines are JSON like ours.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def _wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log_event("server.signal", signal=signal.Signals(signum).name)
+            return
+
+
+async def serve(
+    settings: Settings,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    **overrides: Any,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully; reports the bound URLs."""
+    app = create_app(settings)
+    config = hypercorn_config(settings)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    async with trio.open_nursery() as nursery:
+        urls: list[str] = await nursery.start(
+            partial(hypercorn_serve, app, config, shutdown_trigger=_wait_for_signal)
+        )
+        # The handshake that tests and scripts wait for (PORT=0 picks a free port).
+        log_event("server.listening", urls=urls)
+        task_status.started(urls)

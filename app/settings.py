@@ -1,0 +1,88 @@
+"""Service configuration, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class SettingsError(Exception):
+    """A configuration value is missing its form; the message names the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the service can be told, with units in the names.
+
+    The first six fields are the seed service's variables with its defaults, except that
+    the pool defaults to the number of CPUs instead of 10.
+    """
+
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    db_path: Path = Path("./data/jobs.db")
+    upload_dir: Path = Path("./uploads")
+    output_dir: Path = Path("./outputs")
+    worker_pool_size: Annotated[int, Meta(ge=1, le=256)] = msgspec.field(
+        default_factory=lambda: os.cpu_count() or 1
+    )
+    max_upload_bytes: PositiveInt = 10 * 1024 * 1024
+    host: str = "0.0.0.0"  # noqa: S104 - a service listens on every interface by default
+    max_dimension: Annotated[int, Meta(ge=1, le=65535)] = 4096
+    queue_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
+    job_timeout_s: PositiveFloat = 60.0
+    shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0
+    jpeg_quality: Annotated[int, Meta(ge=1, le=95)] = 85
+    max_pixels: PositiveInt = 50_000_000
+    admin_token: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    retry_after_s: PositiveInt = 1
+
+
+# Environment variable -> field. The seed's six names come first and keep their spelling.
+ENVIRONMENT: Mapping[str, str] = {
+    "PORT": "port",
+    "DB_PATH": "db_path",
+    "UPLOAD_DIR": "upload_dir",
+    "OUTPUT_DIR": "output_dir",
+    "WORKER_POOL_SIZE": "worker_pool_size",
+    "MAX_UPLOAD_SIZE": "max_upload_bytes",
+    "HOST": "host",
+    "MAX_DIMENSION": "max_dimension",
+    "QUEUE_SIZE": "queue_size",
+    "JOB_TIMEOUT": "job_timeout_s",
+    "SHUTDOWN_GRACE": "shutdown_grace_s",
+    "JPEG_QUALITY": "jpeg_quality",
+    "MAX_PIXELS": "max_pixels",
+    "ADMIN_TOKEN": "admin_token",
+    "LOG_LEVEL": "log_level",
+    "RETRY_AFTER": "retry_after_s",
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from environment variables, failing fast on a bad value."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for variable, field in ENVIRONMENT.items():
+        value = environ.get(variable)
+        if value is None or value.strip() == "":
+            continue
+        raw[field] = value.strip().upper() if field == "log_level" else value.strip()
+    for variable, field in ENVIRONMENT.items():
+        if field not in raw:
+            continue
+        try:
+            msgspec.convert({field: raw[field]}, Settings, strict=False)
+        except msgspec.ValidationError as exc:
+            reason = str(exc).split(" - at ", 1)[0]
+            raise SettingsError(f"{variable}={raw[field]!r} is invalid: {reason}") from None
+    return msgspec.convert(raw, Settings, strict=False)

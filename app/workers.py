@@ -1,0 +1,300 @@
+"""The worker pool: N trio tasks taking job ids from the queue and running them.
+
+Each worker claims the job's row, runs `imaging.process` in a worker process under the
+job timeout, moves the output into place and records the outcome. The pool grows and
+shrinks at run time: a retiring worker finishes its current job first, so no job is lost
+or run twice. This is the only module that knows `imaging`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+import uuid
+
+import anyio
+import msgspec
+import trio
+
+import imaging
+from app.errors import InvalidField, QueueFull, UnprocessableImage, UnsupportedFormat
+from app.logs import log_event
+from app.queue import JobQueue
+from app.runner import Runner
+from app.settings import Settings
+from app.storage import BlobStorage
+from app.store import JobRecord, JobStore
+
+__all__ = ["PoolStatistics", "WorkerPool", "inspect_upload", "new_owner_id"]
+
+# A claim outlives the job timeout by this much before another start may take the job over.
+LEASE_MARGIN_S = 30.0
+MAX_ATTEMPTS = 3
+
+
+class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    size: int
+    busy: int
+
+
+def new_owner_id() -> str:
+    """Who holds a claim: host and pid (to spot dead owners at start-up) and a nonce."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when `owner` certainly ran on this host in a process that is gone."""
+    host, _, rest = owner.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return int(pid_text) != os.getpid() and _is_zombie(int(pid_text))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def inspect_upload(data: bytes, settings: Settings) -> imaging.ImageInfo:
+    """Check an upload's header at submit: format allowed, size within the limits."""
+    try:
+        return imaging.probe(data, max_pixels=settings.max_pixels)
+    except imaging.UnsupportedFormat as exc:
+        raise UnsupportedFormat(exc.message) from None
+    except imaging.ImagingError as exc:
+        raise UnprocessableImage(exc.message, code=exc.code) from None
+
+
+def check_output_size(settings: Settings, width: int, height: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if value > settings.max_dimension:
+            raise InvalidField(
+                f"{name} must be between 1 and {settings.max_dimension}, got {value}"
+            )
+
+
+class _Worker:
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.busy = False
+        self.retiring = False
+        self.idle_scope = trio.CancelScope()
+
+
+class WorkerPool:
+    """`size` worker tasks over one queue, resizable while serving."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        storage: BlobStorage,
+        queue: JobQueue,
+        runner: Runner,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._storage = storage
+        self._queue = queue
+        self._runner = runner
+        self.owner = new_owner_id()
+        self._target = settings.worker_pool_size
+        self._workers: list[_Worker] = []
+        self._numbers = iter(range(1, 1 << 62))
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(size=self._target, busy=sum(w.busy for w in self._workers))
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the workers until `stop` has let them finish (or this task is cancelled)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.resize(self._target)
+            task_status.started()
+        self._nursery = None
+
+    def resize(self, size: int) -> None:
+        """Grow or shrink to `size` workers; retiring workers finish their job first."""
+        if size < 1:
+            raise ValueError("a pool needs at least one worker")
+        self._target = size
+        self._runner.resize(size)
+        if self._nursery is None or self._stopping:
+            return
+        active = [w for w in self._workers if not w.retiring]
+        for worker in active[size:]:
+            self._retire(worker)
+        for _ in range(size - len(active)):
+            worker = _Worker(next(self._numbers))
+            self._workers.append(worker)
+            self._nursery.start_soon(self._serve_worker, worker, self._queue.receiver())
+        log_event("pool.resized", size=size)
+
+    def stop(self) -> None:
+        """Take no more jobs from the queue; running jobs go on (queued ones stay pending)."""
+        self._stopping = True
+        for worker in self._workers:
+            self._retire(worker)
+
+    @staticmethod
+    def _retire(worker: _Worker) -> None:
+        worker.retiring = True
+        if not worker.busy:
+            worker.idle_scope.cancel()
+
+    async def _serve_worker(
+        self, worker: _Worker, receiver: trio.MemoryReceiveChannel[str]
+    ) -> None:
+        async with receiver:
+            while not worker.retiring:
+                with worker.idle_scope:
+                    job_id = await receiver.receive()
+                if worker.idle_scope.cancelled_caught:
+                    break
+                worker.idle_scope = trio.CancelScope()
+                self._queue.taken(job_id)
+                worker.busy = True
+                try:
+                    await self._run_job(job_id)
+                finally:
+                    worker.busy = False
+        self._workers.remove(worker)
+
+    async def _run_job(self, job_id: str) -> None:
+        lease_s = self._settings.job_timeout_s + LEASE_MARGIN_S
+        record = await self._store.claim(job_id, owner=self.owner, lease_s=lease_s)
+        if record is None:
+            return  # deleted, or claimed by another server process first
+        started = time.monotonic()
+        log_event(
+            "job.started",
+            job_id=job_id,
+            operation=record.operation,
+            queue_wait_ms=round((time.time() - record.created_at) * 1000, 1),
+            attempt=record.attempts,
+        )
+        temp = self._storage.temp_path(record.output_key)
+        committed = False
+        try:
+            outcome = await self._process(record, str(temp))
+            if isinstance(outcome, imaging.Result):
+                await self._storage.commit(temp, record.output_key)
+                committed = True
+                await self._store.complete(
+                    job_id,
+                    owner=self.owner,
+                    width=outcome.width,
+                    height=outcome.height,
+                    size_bytes=outcome.bytes,
+                )
+                log_event(
+                    "job.finished",
+                    job_id=job_id,
+                    operation=record.operation,
+                    width=outcome.width,
+                    height=outcome.height,
+                    bytes=outcome.bytes,
+                    processing_ms=round((time.monotonic() - started) * 1000, 1),
+                )
+            else:
+                code, message = outcome
+                await self._store.fail(job_id, code=code, message=message, owner=self.owner)
+                log_event(
+                    "job.failed",
+                    level=logging.WARNING,
+                    job_id=job_id,
+                    operation=record.operation,
+                    code=code,
+                    message=message,
+                    processing_ms=round((time.monotonic() - started) * 1000, 1),
+                )
+        except trio.Cancelled:
+            # Shutdown deadline: the worker process is already killed; give the job back
+            # so that the next start runs it.
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._store.release(job_id, owner=self.owner)
+                log_event("job.released", job_id=job_id)
+            raise
+        finally:
+            if not committed:
+                with trio.CancelScope(shield=True):
+                    await self._storage.discard(temp)
+
+    async def _process(self, record: JobRecord, temp: str) -> imaging.Result | tuple[str, str]:
+        spec = imaging.JobSpec(
+            operation=record.operation,
+            width=record.width,
+            height=record.height,
+            output_format=record.output_format,
+            jpeg_quality=self._settings.jpeg_quality,
+            max_pixels=self._settings.max_pixels,
+        )
+        source = str(self._storage.path(record.input_key))
+        timeout = self._settings.job_timeout_s
+        try:
+            with trio.fail_after(timeout):
+                return await self._runner.run(imaging.process, spec, source, temp)
+        except trio.TooSlowError:
+            return "timeout", f"processing took longer than the {timeout:g} s limit"
+        except imaging.ImagingError as exc:
+            return exc.code, exc.message
+        except anyio.BrokenWorkerProcess:
+            return "worker_crashed", "the worker process processing this image crashed"
+        except MemoryError:
+            return "out_of_memory", "the image needs more memory than a worker may use"
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return "storage_full", "no space left to store the output"
+            log_event("job.error", level=logging.ERROR, job_id=record.id, exc=True)
+            return "internal_error", "the output could not be written"
+        except Exception:
+            log_event("job.error", level=logging.ERROR, job_id=record.id, exc=True)
+            return "internal_error", "processing failed for an unexpected reason"
+
+    async def requeue(self, *, exclude_dead_owners: bool = True) -> int:
+        """Queue jobs that need a worker: pending rows not queued here, claims of dead
+        servers. Returns how many were queued; the rest wait for the next call."""
+        if self._stopping:
+            return 0
+        if exclude_dead_owners:
+            await self._release_dead_owners()
+        failed = await self._store.fail_exhausted(
+            max_attempts=MAX_ATTEMPTS,
+            message=f"the job was interrupted {MAX_ATTEMPTS} times while processing",
+        )
+        for job_id in failed:
+            log_event("job.failed", level=logging.WARNING, job_id=job_id, code="interrupted")
+        free = self._queue.free_slots()
+        if free <= 0:
+            return 0
+        ids = await self._store.runnable(limit=free, exclude=self._queue.known_ids())
+        queued = 0
+        for job_id in ids:
+            try:
+                with self._queue.reserve_nowait(job_id) as slot:
+                    slot.put()
+            except (QueueFull, ValueError):
+                continue  # filled or queued meanwhile by a submit; the next sweep sees it
+            queued += 1
+        return queued
+
+    async def _release_dead_owners(self) -> None:
+        for owner in await self._store.owners():
+            if owner != self.owner and owner_is_dead(owner):
+                count = await self._store.release_owner(owner)
+                log_event("jobs.recovered", owner=owner, jobs=count)

@@ -1,0 +1,285 @@
+"""Format sniffing, header-only probing, allowlisted opening, first-frame decoding and encoding."""
+
+from __future__ import annotations
+
+import warnings
+from io import BytesIO
+from typing import IO, Final, Literal
+
+import msgspec
+from PIL import ExifTags, Image, ImageFile
+
+from imaging.errors import CorruptImage, ImageTooLarge, UnsupportedFormat, translate_pillow_errors
+
+__all__ = [
+    "DEFAULT_ALLOWED_FORMATS",
+    "HEADER_BYTES",
+    "ImageInfo",
+    "OutputFormat",
+    "check_size",
+    "decode_first_frame",
+    "open_image",
+    "probe",
+    "read_orientation",
+    "save",
+    "sniff_format",
+]
+
+OutputFormat = Literal["jpeg", "png"]
+
+DEFAULT_ALLOWED_FORMATS: frozenset[str] = frozenset(
+    {"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO"}
+)
+
+#: How much of a file :func:`sniff_format` looks at.
+HEADER_BYTES: Final = 4096
+
+#: Formats that Pillow can decode at a reduced DCT scale (``Image.draft``).
+DRAFTABLE: Final = frozenset({"JPEG", "MPO"})
+
+_ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_ICC_SPACES: Final = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "LA": b"GRAY"}
+_PILLOW_FORMAT: Final = {"jpeg": "JPEG", "png": "PNG"}
+
+# Plain prefixes, tested in order (ISO BMFF "ftyp", OLE and the text formats are special cases).
+_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
+    (b"\xff\xd8\xff", "JPEG"),  # JPEG and MPO alike: Pillow tells them apart
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II\x00*", "TIFF"),
+    (b"MM*\x00", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"%PDF-", "PDF"),
+    (b"%!PS", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),  # DOS EPS binary header
+    (b"\xff\x4f\xff\x51", "JPEG2000"),  # raw codestream
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"),  # JP2 signature box
+    (b"\xff\x0a", "JXL"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JXL"),
+    (b"icns", "ICNS"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"\x01\xda", "SGI"),
+    (b"DDS ", "DDS"),
+    (b"qoif", "QOI"),
+    (b"gimp xcf", "XCF"),
+    (b"\x76\x2f\x31\x01", "EXR"),
+)
+_HEIF_BRANDS: Final = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1"})
+_AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
+_OLE_MAGIC: Final = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# FlashPix root storage CLSID 56616700-C154-11CE-8553-00AA00A1F95B, as stored (little-endian).
+_FPX_CLSID: Final = bytes.fromhex("00676156 54c1 ce11 8553 00aa00a1f95b".replace(" ", ""))
+_BMP_DIB_SIZES: Final = frozenset({12, 40, 52, 56, 64, 108, 124})
+
+
+class ImageInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What :func:`probe` learns from an image's header."""
+
+    format: str  # Pillow's format name, e.g. "JPEG", "MPO", "PNG"
+    width: int  # as stored, before EXIF orientation
+    height: int
+    mode: str
+    has_alpha: bool
+    default_output: OutputFormat
+
+
+def _sniff_iso_bmff(header: bytes) -> str | None:
+    """HEIF or AVIF from an ISO base media "ftyp" box; None for video and other brands."""
+    box_size = int.from_bytes(header[0:4], "big")
+    brands = {header[i : i + 4] for i in range(16, min(box_size, len(header)) - 3, 4)}
+    brands.add(header[8:12])
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIF_BRANDS:
+        return "HEIF"
+    return None
+
+
+def _sniff_ole(header: bytes) -> str | None:
+    """FlashPix if the OLE root storage carries its CLSID; None for Office documents etc."""
+    sector_size = 1 << int.from_bytes(header[30:32], "little")
+    first_dir_sector = int.from_bytes(header[48:52], "little")
+    clsid_at = (first_dir_sector + 1) * sector_size + 0x50
+    return "FPX" if header[clsid_at : clsid_at + 16] == _FPX_CLSID else None
+
+
+def sniff_format(header: bytes) -> str | None:
+    """Name the image format of ``header`` (a file's first bytes) by magic bytes alone.
+
+    Returns Pillow's format name where Pillow has one ("JPEG", "PNG", "GIF", "WEBP", "TIFF",
+    "BMP", "PSD", "JPEG2000", "ICO", "EPS", "FPX", "FLI", "SGI", "PPM", ...), also "PDF",
+    "SVG", "HEIF", "AVIF", "JXL"; None if nothing matches. JPEG covers MPO. Pass at least
+    :data:`HEADER_BYTES` bytes when there are that many (SVG and FPX look further than the
+    first few bytes).
+    """
+    for magic, name in _MAGIC:
+        if header.startswith(magic):
+            return name
+    if header[4:8] == b"ftyp":
+        return _sniff_iso_bmff(header)
+    if header.startswith(b"RIFF") and header[8:12] == b"WEBP":
+        return "WEBP"
+    if header.startswith(b"BM") and len(header) >= 18:
+        dib_size = int.from_bytes(header[14:18], "little")
+        return "BMP" if dib_size in _BMP_DIB_SIZES else None
+    if header.startswith(_OLE_MAGIC):
+        return _sniff_ole(header)
+    if (
+        len(header) >= 16
+        and int.from_bytes(header[4:6], "little") in (0xAF11, 0xAF12)
+        and int.from_bytes(header[14:16], "little") in (0, 3)
+    ):
+        return "FLI"
+    if len(header) >= 3 and header[0:1] == b"P" and header[1:2] in b"1234567fF":
+        return "PPM" if header[2:3].isspace() or header[2:3].isdigit() else None
+    if len(header) >= 4 and header[0] == 0x0A and header[1] in (0, 2, 3, 5):
+        return "PCX" if header[2] in (0, 1) and header[3] in (1, 2, 4, 8) else None
+    text = header.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if text.startswith(b"<") and b"<svg" in text.lower():
+        return "SVG"
+    return None
+
+
+def check_size(size: tuple[int, int], max_pixels: int) -> None:
+    """Raise unless ``size`` has at least one pixel and at most ``max_pixels``."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise CorruptImage(f"the image declares an empty size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge.for_size(width, height, max_pixels)
+
+
+def open_image(fp: IO[bytes], *, allowed: frozenset[str], max_pixels: int) -> ImageFile.ImageFile:
+    """Open ``fp`` (header only) if its format is allowed and its size within the limit.
+
+    The magic bytes are checked first, so Pillow never even tries a plugin outside
+    ``allowed``. Closing the returned image is the caller's job (use it in ``with``).
+    """
+    header = fp.read(HEADER_BYTES)
+    fp.seek(0)
+    detected = sniff_format(header)
+    if detected is None:
+        raise UnsupportedFormat()
+    candidates = ("JPEG", "MPO") if detected == "JPEG" else (detected,)
+    formats = [name for name in candidates if name in allowed]
+    if not formats:
+        raise UnsupportedFormat.detected(detected, allowed)
+    with translate_pillow_errors(detected, limit=max_pixels):
+        image = Image.open(fp, formats=formats)
+    try:
+        # JPEG's opener turns a JPEG with an MP index into MPO even if only "JPEG" was asked.
+        if image.format not in allowed:
+            raise UnsupportedFormat.detected(image.format or detected, allowed)
+        check_size(image.size, max_pixels)
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """True for alpha modes and for images with a transparency entry (P, L, RGB + tRNS)."""
+    return image.mode in _ALPHA_MODES or image.info.get("transparency") is not None
+
+
+def probe(
+    data: bytes, *, allowed: frozenset[str] = DEFAULT_ALLOWED_FORMATS, max_pixels: int
+) -> ImageInfo:
+    """Identify an uploaded image from its header, without decoding any pixels.
+
+    Raises :class:`UnsupportedFormat`, :class:`ImageTooLarge` or :class:`CorruptImage`,
+    never anything else. Pillow's warnings (corrupt EXIF, malformed MPO, bomb warnings: the
+    limit here is ``max_pixels``) are silenced with ``warnings.catch_warnings``, which is
+    process-global: call this from one thread at a time (it is cheap enough for the event loop).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_image(BytesIO(data), allowed=allowed, max_pixels=max_pixels) as image:
+            alpha = has_alpha(image)
+            fmt = image.format or ""
+            if fmt in DRAFTABLE:
+                default: OutputFormat = "jpeg"
+            elif fmt == "PNG":
+                default = "png"
+            else:
+                default = "png" if alpha else "jpeg"
+            return ImageInfo(
+                format=fmt,
+                width=image.width,
+                height=image.height,
+                mode=image.mode,
+                has_alpha=alpha,
+                default_output=default,
+            )
+
+
+def read_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of ``image``; 1 when absent or unreadable.
+
+    For JPEG this reads the APP1 segment only; for PNG, Pillow loads the image to find an
+    eXIf chunk after the pixel data, so call it after :func:`decode_first_frame` there.
+    """
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # broken EXIF is metadata damage, not an undecodable image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def decode_first_frame(
+    image: ImageFile.ImageFile, *, max_pixels: int, draft_size: tuple[int, int] | None = None
+) -> tuple[float, float, float, float]:
+    """Load the current (first) frame, for JPEG at a reduced DCT scale if ``draft_size`` allows.
+
+    ``draft_size`` is the smallest size the decoded image may have (Pillow picks the largest
+    1/2, 1/4 or 1/8 scale that stays at or above it). Returns the box, in decoded pixels, that
+    covers the whole stored image, for ``Image.resize(box=...)``. Pillow errors propagate:
+    call this inside :func:`imaging.errors.translate_pillow_errors`.
+    """
+    check_size(image.size, max_pixels)
+    box: tuple[float, float, float, float] = (0, 0, image.width, image.height)
+    if draft_size is not None and image.format in DRAFTABLE:
+        drafted = image.draft(None, draft_size)
+        if drafted is not None:
+            box = drafted[1]
+    image.load()
+    check_size(image.size, max_pixels)  # some plugins only learn a frame's size when loading
+    return box
+
+
+def _icc_fits(profile: bytes, mode: str) -> bool:
+    """True if the profile's colour space (bytes 16-20 of its header) matches ``mode``."""
+    return len(profile) >= 128 and profile[16:20] == _ICC_SPACES.get(mode)
+
+
+def save(
+    image: Image.Image,
+    path: str,
+    *,
+    output_format: OutputFormat,
+    jpeg_quality: int,
+    icc_profile: bytes | None = None,
+) -> int:
+    """Encode ``image`` to ``path`` and return the number of bytes written.
+
+    Only the pixels and, if it matches the image's mode, ``icc_profile`` are written: the
+    image's ``info`` (EXIF, XMP, comments, which some encoders pick up) is cleared first. If
+    encoding fails, removing the partial file is the caller's job.
+    """
+    if output_format == "jpeg" and image.mode not in ("L", "RGB"):
+        raise ValueError(f"cannot write mode {image.mode} as JPEG: flatten it first")
+    params: dict[str, object] = {}
+    if output_format == "jpeg":
+        params["quality"] = jpeg_quality
+    if icc_profile and _icc_fits(icc_profile, image.mode):
+        params["icc_profile"] = icc_profile
+    image.info.clear()
+    with open(path, "wb") as fp:
+        image.save(fp, format=_PILLOW_FORMAT[output_format], **params)
+        return fp.tell()
