@@ -2,21 +2,37 @@
 
 `anyio.to_process.run_sync` with one shared `CapacityLimiter`: at most `size` calls run
 at once, each in its own reusable worker process; `cancellable=True` so that a timeout
-or a shutdown deadline kills the worker instead of waiting for it.
+or a shutdown deadline kills the worker instead of waiting for it. Each worker prepares
+itself once: lower CPU priority than the server (the API stays responsive under load)
+and a watchdog that ends it when the server is gone, so a killed server leaves no
+worker behind to write into storage after the next start has cleaned it.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar, TypeVarTuple, Unpack
 
 import anyio
 import anyio.to_process
+import msgspec
 
-__all__ = ["ProcessRunner", "Runner"]
+__all__ = ["ProcessRunner", "Runner", "WorkerSetup"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+# How often a worker checks that the server that started it is still alive.
+PARENT_CHECK_INTERVAL_S = 0.2
+
+
+class WorkerSetup(msgspec.Struct, frozen=True, kw_only=True):
+    """Process-wide settings applied once in each worker process."""
+
+    niceness: int = 5
 
 
 class Runner(Protocol):
@@ -31,8 +47,9 @@ class Runner(Protocol):
 class ProcessRunner:
     """`Runner` on anyio worker processes, `size` at a time."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, setup: WorkerSetup | None = None) -> None:
         self._limiter = anyio.CapacityLimiter(size)
+        self._setup = setup or WorkerSetup()
 
     @property
     def size(self) -> int:
@@ -44,4 +61,31 @@ class ProcessRunner:
         self._limiter.total_tokens = size
 
     async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
-        return await anyio.to_process.run_sync(fn, *args, cancellable=True, limiter=self._limiter)
+        return await anyio.to_process.run_sync(
+            _call_in_worker, self._setup, fn, args, cancellable=True, limiter=self._limiter
+        )
+
+
+_prepared: WorkerSetup | None = None
+
+
+def _call_in_worker(
+    setup: WorkerSetup, fn: Callable[[Unpack[Ts]], T], args: tuple[*Ts]
+) -> T:
+    """Runs in the worker process: prepare it once, then call `fn`."""
+    global _prepared
+    if _prepared != setup:
+        if _prepared is None:
+            _watch_parent(os.getppid())
+            os.nice(setup.niceness)
+        _prepared = setup
+    return fn(*args)
+
+
+def _watch_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_INTERVAL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

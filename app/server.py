@@ -127,10 +127,13 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal(app: ImgJobsApp) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log_event("server.signal", signal=signal.Signals(signum).name)
+            # Before hypercorn drains open connections: take no more jobs meanwhile.
+            if hasattr(app, "service"):
+                app.service.stop_intake()
             return
 
 
@@ -147,7 +150,7 @@ async def serve(
         setattr(config, name, value)
     async with trio.open_nursery() as nursery:
         urls: list[str] = await nursery.start(
-            partial(hypercorn_serve, app, config, shutdown_trigger=_wait_for_signal)
+            partial(hypercorn_serve, app, config, shutdown_trigger=partial(_wait_for_signal, app))
         )
         # The handshake that tests and scripts wait for (PORT=0 picks a free port).
         log_event("server.listening", urls=urls)

@@ -148,6 +148,11 @@ class Service:
         self.pool = pool
         self.stopping = False
 
+    def stop_intake(self) -> None:
+        """Refuse new jobs (503) and let workers take no more from the queue."""
+        self.stopping = True
+        self.pool.stop()
+
     async def parse(self, body: bytes) -> Submission:
         if len(body) <= INLINE_PARSE_BYTES:
             return parse_submission(body, self.settings)
@@ -238,8 +243,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         try:
             yield service
         finally:
-            service.stopping = True
-            pool.stop()
+            service.stop_intake()
             busy = pool.statistics().busy
             log_event("service.stopping", running_jobs=busy, queued_jobs=queue.statistics().queued)
             with trio.move_on_after(settings.shutdown_grace_s) as grace:

@@ -81,8 +81,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if field not in raw:
             continue
         try:
-            msgspec.convert({field: raw[field]}, Settings, strict=False)
+            msgspec.convert({field: raw[field]}, Settings, strict=False, dec_hook=_decode)
         except msgspec.ValidationError as exc:
             reason = str(exc).split(" - at ", 1)[0]
             raise SettingsError(f"{variable}={raw[field]!r} is invalid: {reason}") from None
-    return msgspec.convert(raw, Settings, strict=False)
+    return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
+
+
+def _decode(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"cannot read {kind.__name__} from the environment")

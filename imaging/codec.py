@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from io import BytesIO
 from typing import IO, Final, Literal
@@ -41,6 +42,11 @@ _ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _ICC_SPACES: Final = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "LA": b"GRAY"}
 _PILLOW_FORMAT: Final = {"jpeg": "JPEG", "png": "PNG"}
 
+# warnings.catch_warnings() swaps the process-wide filter list on entry and puts it back on
+# exit: two threads inside it at once can leave filters changed for good. The web server
+# probes from worker threads, so probes take turns (each holds this for ~50 us).
+_WARNINGS_LOCK: Final = threading.Lock()
+
 # Plain prefixes, tested in order (ISO BMFF "ftyp", OLE and the text formats are special cases).
 _MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"\xff\xd8\xff", "JPEG"),  # JPEG and MPO alike: Pillow tells them apart
@@ -62,8 +68,6 @@ _MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"\xff\x0a", "JXL"),
     (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JXL"),
     (b"icns", "ICNS"),
-    (b"\x00\x00\x01\x00", "ICO"),
-    (b"\x00\x00\x02\x00", "CUR"),
     (b"\x01\xda", "SGI"),
     (b"DDS ", "DDS"),
     (b"qoif", "QOI"),
@@ -103,7 +107,10 @@ def _sniff_iso_bmff(header: bytes) -> str | None:
 
 def _sniff_ole(header: bytes) -> str | None:
     """FlashPix if the OLE root storage carries its CLSID; None for Office documents etc."""
-    sector_size = 1 << int.from_bytes(header[30:32], "little")
+    sector_shift = int.from_bytes(header[30:32], "little")
+    if sector_shift not in (9, 12):  # 512- or 4096-byte sectors: anything else is not OLE
+        return None
+    sector_size = 1 << sector_shift
     first_dir_sector = int.from_bytes(header[48:52], "little")
     clsid_at = (first_dir_sector + 1) * sector_size + 0x50
     return "FPX" if header[clsid_at : clsid_at + 16] == _FPX_CLSID else None
@@ -128,6 +135,9 @@ def sniff_format(header: bytes) -> str | None:
     if header.startswith(b"BM") and len(header) >= 18:
         dib_size = int.from_bytes(header[14:18], "little")
         return "BMP" if dib_size in _BMP_DIB_SIZES else None
+    if header[0:4] in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00") and header[4:6] != b"\x00\x00":
+        # ICO/CUR: reserved 0, type 1 or 2, then an image count (a TGA header has 0 there).
+        return "ICO" if header[2] == 1 else "CUR"
     if header.startswith(_OLE_MAGIC):
         return _sniff_ole(header)
     if (
@@ -170,7 +180,10 @@ def open_image(fp: IO[bytes], *, allowed: frozenset[str], max_pixels: int) -> Im
     formats = [name for name in candidates if name in allowed]
     if not formats:
         raise UnsupportedFormat.detected(detected, allowed)
-    with translate_pillow_errors(detected, limit=max_pixels):
+    # Pillow's own bomb check may fire first; its limit is what the client then hit.
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    limit = max_pixels if pillow_limit is None else min(max_pixels, 2 * pillow_limit)
+    with translate_pillow_errors(detected, limit=limit):
         image = Image.open(fp, formats=formats)
     try:
         # JPEG's opener turns a JPEG with an MP index into MPO even if only "JPEG" was asked.
@@ -195,10 +208,16 @@ def probe(
 
     Raises :class:`UnsupportedFormat`, :class:`ImageTooLarge` or :class:`CorruptImage`,
     never anything else. Pillow's warnings (corrupt EXIF, malformed MPO, bomb warnings: the
-    limit here is ``max_pixels``) are silenced with ``warnings.catch_warnings``, which is
-    process-global: call this from one thread at a time (it is cheap enough for the event loop).
+    limit here is ``max_pixels``) are silenced with ``warnings.catch_warnings``; that is
+    process-global, so concurrent calls from several threads are serialised by a lock (and
+    warnings other threads raise during those microseconds are silenced too).
+
+    Measured (``python -m timeit -s "from imaging import probe; d = open(PATH, 'rb').read()"
+    "probe(d, max_pixels=50_000_000)"``): 55 us for the 16 MB mate__Elephants_5640x3172.jpg,
+    44 us for the 13 MB Patak PNG, 0.16-0.22 ms for WebP/TIFF. The first call in a process
+    takes ~16 ms more while Pillow imports its plugins.
     """
-    with warnings.catch_warnings():
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with open_image(BytesIO(data), allowed=allowed, max_pixels=max_pixels) as image:
             alpha = has_alpha(image)

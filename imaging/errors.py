@@ -121,8 +121,10 @@ def translate_pillow_errors(what: str, *, limit: int) -> Iterator[None]:
     ``what`` names the image in messages (e.g. the sniffed format, "JPEG"); ``limit`` is the
     pixel limit reported if Pillow's own decompression-bomb check fires. Decoders fed hostile
     data raise almost anything (OSError, ValueError, SyntaxError, struct.error, EOFError,
-    IndexError, KeyError, ZeroDivisionError, MemoryError...), so every ``Exception`` is caught:
-    keep these blocks around Pillow's reading calls only, not around our own code.
+    IndexError, KeyError, ZeroDivisionError...), so every ``Exception`` is caught: keep these
+    blocks around Pillow's reading calls only, not around our own code. ``MemoryError`` is
+    the exception: the pixel limits have passed by then, so it means the process lacks memory
+    for a legitimate image, and it propagates for the caller to report as such.
     """
     try:
         yield
@@ -133,8 +135,8 @@ def translate_pillow_errors(what: str, *, limit: int) -> Iterator[None]:
         raise ImageTooLarge.for_pixels(_bomb_pixels(exc), limit) from exc
     except UnidentifiedImageError as exc:
         raise CorruptImage(f"the {what} image header is invalid") from exc
-    except MemoryError as exc:
-        raise CorruptImage(f"the {what} image needs more memory to decode than allowed") from exc
+    except MemoryError:
+        raise
     except OSError as exc:
         if str(exc).startswith(_TRUNCATED_PREFIXES):
             raise TruncatedImage(f"the {what} image file is truncated") from exc

@@ -32,11 +32,11 @@ RESAMPLE: Final = Image.Resampling.LANCZOS
 
 #: ``Image.resize(reducing_gap=...)``: box-reduce by an integer factor while the rest of the
 #: way still shrinks at least this much, then LANCZOS. Chosen by measurement (see process.py).
-REDUCING_GAP: Final = 3.0
+REDUCING_GAP: Final = 2.0
 
 #: JPEG ``draft()``: decode at the smallest DCT scale still at least this many times the
 #: target size. Chosen by measurement (see process.py).
-DRAFT_GAP: Final = 3.0
+DRAFT_GAP: Final = 1.5
 
 WHITE: Final = (255, 255, 255)
 

@@ -201,7 +201,7 @@ class FakeRunner:
     def resize(self, size: int) -> None:
         self._limiter.total_tokens = size
 
-    async def run(self, fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
+    async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         spec, source, _temp = args  # type: ignore[misc]
         job_id = Path(source).stem
         async with self._limiter:

@@ -7,10 +7,10 @@ import json
 import os
 import signal
 import subprocess
-from functools import partial
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -78,21 +78,28 @@ async def open_server(settings: Settings) -> AsyncIterator[RunningServer]:
 class ServerProcess:
     """`python -m app` in a child process, the way `make run` starts it."""
 
-    def __init__(self, settings: Settings, *, extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        extra_env: Mapping[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.settings = settings
+        self.command = command or [sys.executable, "-m", "app"]
         self.env = environment(settings) | dict(extra_env or {})
         self.process: trio.Process | None = None
         self.url = ""
         self.events: list[dict[str, Any]] = []
         self._lines: trio.MemoryReceiveChannel[dict[str, Any]] | None = None
 
-    async def start(self, nursery: trio.Nursery) -> str:
-        """Start the server and wait for its `server.listening` line; returns its URL."""
+    async def start(self, nursery: trio.Nursery, *, ready: str = "server.listening") -> str:
+        """Start the server and wait for its `ready` event; returns its URL if it logs one."""
         send, receive = trio.open_memory_channel[dict[str, Any]](10_000)
         self._lines = receive
         self.process = await nursery.start(
             lambda task_status: trio.run_process(
-                [sys.executable, "-m", "app"],
+                self.command,
                 env=self.env,
                 cwd=ROOT,
                 stderr=subprocess.PIPE,
@@ -104,8 +111,8 @@ class ServerProcess:
         assert self.process is not None
         assert self.process.stderr is not None
         nursery.start_soon(self._read_stderr, self.process.stderr, send)
-        event = await self.wait_for("server.listening")
-        self.url = event["urls"][0]
+        event = await self.wait_for(ready)
+        self.url = event.get("urls", [""])[0]
         return self.url
 
     async def _read_stderr(
@@ -124,12 +131,26 @@ class ServerProcess:
                     self.events.append(event)
                     send.send_nowait(event)
 
-    async def wait_for(self, name: str) -> dict[str, Any]:
+    def logged(self, name: str) -> list[dict[str, Any]]:
+        """Every `name` event the server has logged so far."""
+        return [event for event in self.events if event.get("event") == name]
+
+    async def wait_for(self, name: str, *, timeout_s: float = 60) -> dict[str, Any]:
+        """The next `name` event the server logs (or fail, showing its last lines)."""
         assert self._lines is not None
-        async for event in self._lines:
-            if event.get("event") == name:
-                return event
-        raise AssertionError(f"server exited before logging {name}: {self.events[-5:]}")
+        with trio.move_on_after(timeout_s):
+            async for event in self._lines:
+                if event.get("event") == name:
+                    return event
+        raise AssertionError(f"no {name} event from the server; last: {self.events[-8:]}")
+
+    def children(self) -> list[int]:
+        """Pids of the server's child processes (its image workers)."""
+        assert self.process is not None
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        return [
+            int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split()
+        ]
 
     def signal(self, signum: signal.Signals) -> None:
         assert self.process is not None

@@ -1,0 +1,120 @@
+"""The SQLite job store on real files: claims, leases, recovery, concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import trio
+
+from app.store import open_job_store
+from tests.fakes import record
+
+
+async def test_rows_round_trip_and_the_database_is_wal(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "jobs.db"
+    async with open_job_store(path) as store:
+        row = record("a")
+        await store.insert(row)
+        assert await store.get("a") == row
+        assert await store.get("missing") is None
+        assert await store.integrity_check() == "ok"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_job_is_claimed_once_even_by_two_processes_sharing_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    async with open_job_store(path) as one, open_job_store(path) as two:
+        for number in range(50):
+            await one.insert(record(f"job-{number}"))
+        claims: dict[str, list[str]] = {}
+
+        async def claim_all(store: object, owner: str) -> None:
+            for number in range(50):
+                got = await store.claim(f"job-{number}", owner=owner, lease_s=60)  # type: ignore[attr-defined]
+                if got is not None:
+                    claims.setdefault(got.id, []).append(owner)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim_all, one, "one")
+            nursery.start_soon(claim_all, two, "two")
+    assert len(claims) == 50
+    assert all(len(owners) == 1 for owners in claims.values())
+
+
+async def test_only_the_claim_holder_completes_fails_or_releases(tmp_path: Path) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        await store.insert(record("a"))
+        claimed = await store.claim("a", owner="me", lease_s=60)
+        assert claimed is not None
+        assert claimed.status == "processing"
+        assert claimed.attempts == 1
+        assert await store.claim("a", owner="other", lease_s=60) is None
+        assert not await store.complete("a", owner="other", width=1, height=1, size_bytes=1)
+        assert not await store.release("a", owner="other")
+        assert await store.complete("a", owner="me", width=3, height=4, size_bytes=5)
+        done = await store.get("a")
+        assert done is not None
+        assert (done.status, done.result_width, done.result_height, done.result_bytes) == (
+            "completed",
+            3,
+            4,
+            5,
+        )
+        # Terminal rows never change again.
+        assert not await store.fail("a", code="x", message="y")
+        assert await store.claim("a", owner="me", lease_s=60) is None
+
+
+async def test_runnable_takes_back_expired_claims_and_skips_excluded(tmp_path: Path) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        for name, created in (("old", 1.0), ("new", 2.0), ("queued", 0.5)):
+            await store.insert(record(name, created_at=created))
+        await store.insert(record("expired", created_at=0.1))
+        await store.claim("expired", owner="dead", lease_s=-1)
+        await store.insert(record("leased", created_at=0.2))
+        await store.claim("leased", owner="alive", lease_s=60)
+        ids = await store.runnable(limit=10, exclude={"queued"})
+        assert ids == ["expired", "old", "new"]
+        assert await store.runnable(limit=1, exclude=set()) == ["expired"]
+        assert await store.owners() == ["alive"]
+        assert await store.release_owner("alive") == 1
+        assert (await store.get("leased")).status == "pending"  # type: ignore[union-attr]
+
+
+async def test_jobs_interrupted_too_often_fail_with_a_reason(tmp_path: Path) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        await store.insert(record("tired", attempts=3))
+        await store.insert(record("fresh", attempts=1))
+        assert await store.fail_exhausted(max_attempts=3, message="interrupted 3 times") == [
+            "tired"
+        ]
+        tired = await store.get("tired")
+        assert tired is not None
+        assert (tired.status, tired.error_code) == ("failed", "interrupted")
+        assert await store.count("pending") == 1
+
+
+async def test_a_cancelled_caller_still_sees_its_write_land(tmp_path: Path) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await store.insert(record("a"))
+        assert await store.get("a") is not None
+
+
+async def test_timestamps_move_forward(tmp_path: Path) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        before = time.time()
+        await store.insert(record("a", created_at=before, updated_at=before))
+        await store.claim("a", owner="me", lease_s=60)
+        row = await store.get("a")
+        assert row is not None
+        assert row.updated_at >= before
+        assert row.started_at is not None
+        assert row.lease_expires_at is not None
+        assert row.lease_expires_at > row.started_at + 59
