@@ -19,6 +19,7 @@ __all__ = [
     "PoolResize",
     "PoolView",
     "SubmitRequest",
+    "UploadParameters",
 ]
 
 Operation = Literal["resize", "thumbnail"]
@@ -31,6 +32,15 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Body of `POST /jobs`, the seed service's contract (`jpg` accepted for `jpeg`)."""
 
     image_data: str
+    operation: Operation
+    width: Dimension
+    height: Dimension
+    output_format: Literal["jpeg", "jpg", "png"] | None = None
+
+
+class UploadParameters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What to do with a binary upload: query string (raw body) or form fields (multipart)."""
+
     operation: Operation
     width: Dimension
     height: Dimension

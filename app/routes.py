@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import trio
 from quart import Blueprint, Response, request, send_file
 
 from app.application import current_service
@@ -17,6 +18,7 @@ from app.errors import (
     JobNotReady,
     MalformedJSON,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -28,6 +30,9 @@ __all__ = ["blueprint", "json_response"]
 blueprint = Blueprint("jobs", __name__)
 
 _encoder = msgspec.json.Encoder()
+TERMINAL = ("completed", "failed")
+MAX_WAIT_S = 60.0
+WAIT_RECHECK_S = 1.0
 _MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 
 
@@ -92,16 +97,33 @@ def _timestamp(unix: float) -> datetime:
 
 @blueprint.post("/jobs")
 async def submit_job() -> Response:
+    """Submit a job: JSON with a base64 image (the seed's contract), a multipart form with
+    an `image` file part, or the raw image as the body with parameters in the query."""
     service = current_service()
     mimetype = request.mimetype
-    if mimetype != "application/json":
+    if mimetype == "application/json":
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        if not body:
+            raise MalformedJSON("the request body is empty; expected a JSON object")
+        submission = await service.parse(body)
+    elif mimetype == "multipart/form-data":
+        files = await request.files
+        form = await request.form
+        part = files.get("image")
+        if part is None:
+            raise InvalidField("the multipart form needs a file part named `image`")
+        submission = await service.parse_upload(part.read(), form.to_dict())
+    elif mimetype.startswith("image/") or mimetype == "application/octet-stream":
+        limit = service.settings.max_upload_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"the image exceeds the upload limit of {limit} bytes")
+        data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        submission = await service.parse_upload(data, request.args.to_dict())
+    else:
         raise UnsupportedMediaType(
-            f"POST /jobs takes Content-Type: application/json, not {mimetype or 'nothing'}"
+            "POST /jobs takes application/json (base64 image), multipart/form-data (an"
+            f" `image` file part) or a raw image/* body, not {mimetype or 'nothing'}"
         )
-    body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-    if not body:
-        raise MalformedJSON("the request body is empty; expected a JSON object")
-    submission = await service.parse(body)
     record = await service.submit(submission)
     return json_response(
         {"job_id": record.id, "status": "pending", "message": "Image processing job submitted"},
@@ -112,7 +134,30 @@ async def submit_job() -> Response:
 
 @blueprint.get("/jobs/<job_id>")
 async def get_job(job_id: str) -> Response:
-    return json_response(job_view(await _record(job_id)))
+    """The job; with `?wait=N` (seconds, up to 60), first wait until it has finished."""
+    record = await _record(job_id)
+    wait_s = _wait_seconds(request.args.get("wait"))
+    if wait_s and record.status not in TERMINAL:
+        service = current_service()
+        with trio.move_on_after(wait_s):
+            while record.status not in TERMINAL:
+                # Re-read now and then: another server process may have run the job.
+                with trio.move_on_after(WAIT_RECHECK_S):
+                    await service.pool.wait_finished(record.id)
+                record = await _record(record.id)
+    return json_response(job_view(record))
+
+
+def _wait_seconds(text: str | None) -> float:
+    if text is None:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_WAIT_S:
+        raise InvalidField(f"wait must be a number of seconds from 0 to {MAX_WAIT_S:g}")
+    return value
 
 
 @blueprint.get("/jobs/<job_id>/download")

@@ -69,9 +69,7 @@ class ProcessRunner:
 _prepared: WorkerSetup | None = None
 
 
-def _call_in_worker(
-    setup: WorkerSetup, fn: Callable[[Unpack[Ts]], T], args: tuple[*Ts]
-) -> T:
+def _call_in_worker(setup: WorkerSetup, fn: Callable[[Unpack[Ts]], T], args: tuple[*Ts]) -> T:
     """Runs in the worker process: prepare it once, then call `fn`."""
     global _prepared
     if _prepared != setup:

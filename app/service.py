@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import msgspec
@@ -27,7 +27,7 @@ from app.errors import (
     ServiceStopping,
 )
 from app.logs import log_event
-from app.models import OutputFormat, SubmitRequest
+from app.models import OutputFormat, SubmitRequest, UploadParameters
 from app.queue import JobQueue
 from app.runner import ProcessRunner
 from app.settings import Settings
@@ -35,7 +35,7 @@ from app.storage import LocalStorage
 from app.store import JobRecord, JobStore, open_job_store
 from app.workers import WorkerPool, check_output_size, inspect_upload
 
-__all__ = ["Service", "Submission", "open_service", "parse_submission"]
+__all__ = ["Service", "Submission", "open_service", "parse_submission", "parse_upload"]
 
 # How often pending rows that no queue holds (left by a restart, a full queue at start-up,
 # or a dead server sharing the database) are looked for.
@@ -104,7 +104,7 @@ def decode_image_data(text: str, max_bytes: int) -> bytes:
 
 
 def parse_submission(body: bytes, settings: Settings) -> Submission:
-    """Everything `POST /jobs` checks before anything is stored (pure, thread-safe)."""
+    """Check a JSON `POST /jobs` (base64 image) before anything is stored."""
     try:
         request = msgspec.json.decode(body, type=SubmitRequest)
     except msgspec.ValidationError as exc:
@@ -113,6 +113,29 @@ def parse_submission(body: bytes, settings: Settings) -> Submission:
         raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
     check_output_size(settings, request.width, request.height)
     data = decode_image_data(request.image_data, settings.max_upload_bytes)
+    return _checked(data, request, settings)
+
+
+def parse_upload(data: bytes, parameters: Mapping[str, str], settings: Settings) -> Submission:
+    """Check a binary `POST /jobs` (raw body or multipart file) before anything is stored."""
+    try:
+        request = msgspec.convert(dict(parameters), UploadParameters, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidField(_field_message(exc)) from None
+    check_output_size(settings, request.width, request.height)
+    if not data:
+        raise InvalidField("the upload is empty; send the image bytes")
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the image is {len(data)} bytes, over the upload limit of "
+            f"{settings.max_upload_bytes} bytes"
+        )
+    return _checked(data, request, settings)
+
+
+def _checked(
+    data: bytes, request: SubmitRequest | UploadParameters, settings: Settings
+) -> Submission:
     info = inspect_upload(data, settings)
     requested = request.output_format
     output: OutputFormat = (
@@ -154,9 +177,16 @@ class Service:
         self.pool.stop()
 
     async def parse(self, body: bytes) -> Submission:
+        """`parse_submission`, on a thread when the body is big (base64 and JSON decoding
+        of megabytes would stall every other request)."""
         if len(body) <= INLINE_PARSE_BYTES:
             return parse_submission(body, self.settings)
         return await trio.to_thread.run_sync(parse_submission, body, self.settings)
+
+    async def parse_upload(self, data: bytes, parameters: Mapping[str, str]) -> Submission:
+        if len(data) <= INLINE_PARSE_BYTES:
+            return parse_upload(data, parameters, self.settings)
+        return await trio.to_thread.run_sync(parse_upload, data, parameters, self.settings)
 
     async def submit(self, submission: Submission) -> JobRecord:
         """Store the upload and the row, then queue the job (or refuse with 503)."""

@@ -116,6 +116,25 @@ class WorkerPool:
         self._numbers = iter(range(1, 1 << 62))
         self._nursery: trio.Nursery | None = None
         self._stopping = False
+        self._finished: dict[str, trio.Event] = {}
+
+    async def wait_finished(self, job_id: str) -> None:
+        """Wait until a worker of this process ends `job_id` (completed or failed).
+
+        Jobs finished by another server process sharing the database are not seen here:
+        callers re-read the row now and then.
+        """
+        event = self._finished.setdefault(job_id, trio.Event())
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set() and event.statistics().tasks_waiting == 0:
+                self._finished.pop(job_id, None)
+
+    def _announce(self, job_id: str) -> None:
+        event = self._finished.pop(job_id, None)
+        if event is not None:
+            event.set()
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(size=self._target, busy=sum(w.busy for w in self._workers))
@@ -223,6 +242,7 @@ class WorkerPool:
                     message=message,
                     processing_ms=round((time.monotonic() - started) * 1000, 1),
                 )
+            self._announce(job_id)
         except trio.Cancelled:
             # Shutdown deadline: the worker process is already killed; give the job back
             # so that the next start runs it.
