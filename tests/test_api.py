@@ -297,3 +297,76 @@ def test_problem_bodies_encode_as_json() -> None:
 
     problem = JobNotReady("job x is pending", job_status="pending").problem()
     assert msgspec.json.decode(msgspec.json.encode(problem))["job_status"] == "pending"
+
+
+async def test_a_raw_image_body_with_query_parameters_is_a_job(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/jobs?operation=thumbnail&width=64&height=64&output_format=png",
+        content=ELEPHANTS.read_bytes(),
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert response.status_code == 202, response.text
+    job = await wait_done(client, response.json()["job_id"])
+    assert (job["result_width"], job["result_height"], job["output_format"]) == (64, 36, "png")
+
+
+async def test_a_multipart_upload_is_a_job(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/jobs",
+        data={"operation": "resize", "width": "30", "height": "20"},
+        files={"image": ("camera.png", HOPPER_PNG.read_bytes(), "image/png")},
+    )
+    assert response.status_code == 202, response.text
+    job = await wait_done(client, response.json()["job_id"])
+    assert (job["result_width"], job["result_height"], job["output_format"]) == (30, 20, "png")
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("operation=resize&width=10", ["height"]),
+        ("operation=resize&width=ten&height=10", ["width"]),
+        ("operation=resize&width=10&height=10&quality=9", ["unknown field", "quality"]),
+    ],
+)
+async def test_raw_uploads_with_bad_parameters_get_400(
+    client: httpx.AsyncClient, query: str, words: list[str]
+) -> None:
+    response = await client.post(
+        f"/jobs?{query}", content=HOPPER_PNG.read_bytes(), headers={"Content-Type": "image/png"}
+    )
+    assert_problem(response, 400, *words)
+
+
+async def test_a_multipart_form_without_an_image_part_gets_400(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/jobs",
+        data={"operation": "resize", "width": "1", "height": "1"},
+        files={"file": ("x.png", HOPPER_PNG.read_bytes(), "image/png")},
+    )
+    assert_problem(response, 400, "image")
+
+
+async def test_a_raw_body_over_the_limit_gets_413(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/jobs?operation=resize&width=1&height=1",
+        content=bytes(3 * 1024 * 1024),
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert_problem(response, 413, "upload limit")
+
+
+async def test_wait_answers_as_soon_as_the_job_finishes(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client, ELEPHANTS, width=100, height=100)
+    response = await client.get(f"/jobs/{job_id}", params={"wait": "30"})
+    assert response.json()["status"] == "completed"
+
+
+@pytest.mark.parametrize("wait", ["-1", "61", "soon"])
+async def test_a_bad_wait_gets_400(client: httpx.AsyncClient, wait: str) -> None:
+    job_id = await submit(client, HOPPER_PNG)
+    assert_problem(await client.get(f"/jobs/{job_id}", params={"wait": wait}), 400, "wait")

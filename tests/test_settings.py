@@ -1,0 +1,97 @@
+"""Configuration from the environment: names, defaults, and errors naming the variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from app.server import body_limit
+from app.settings import ENVIRONMENT, Settings, SettingsError, load_settings
+
+
+def test_defaults_are_the_seed_services_except_the_pool() -> None:
+    settings = load_settings({})
+    assert settings.port == 8080
+    assert settings.db_path == Path("./data/jobs.db")
+    assert settings.upload_dir == Path("./uploads")
+    assert settings.output_dir == Path("./outputs")
+    assert settings.max_upload_bytes == 10 * 1024 * 1024
+    assert settings.worker_pool_size == os.cpu_count()
+    assert settings.queue_size == 1000
+    assert settings.job_timeout_s == 60
+    assert settings.shutdown_grace_s == 30
+    assert settings.max_dimension == 4096
+    assert settings.admin_token is None
+
+
+def test_every_variable_is_read() -> None:
+    environ = {
+        "PORT": "9000",
+        "DB_PATH": "/tmp/x.db",
+        "UPLOAD_DIR": "/tmp/u",
+        "OUTPUT_DIR": "/tmp/o",
+        "WORKER_POOL_SIZE": "3",
+        "MAX_UPLOAD_SIZE": "1000",
+        "HOST": "127.0.0.1",
+        "MAX_DIMENSION": "100",
+        "QUEUE_SIZE": "5",
+        "JOB_TIMEOUT": "2.5",
+        "SHUTDOWN_GRACE": "0",
+        "JPEG_QUALITY": "90",
+        "MAX_PIXELS": "1000000",
+        "ADMIN_TOKEN": "t",
+        "LOG_LEVEL": "debug",
+        "RETRY_AFTER": "7",
+    }
+    assert set(environ) == set(ENVIRONMENT)
+    settings = load_settings(environ)
+    assert settings == Settings(
+        port=9000,
+        db_path=Path("/tmp/x.db"),
+        upload_dir=Path("/tmp/u"),
+        output_dir=Path("/tmp/o"),
+        worker_pool_size=3,
+        max_upload_bytes=1000,
+        host="127.0.0.1",
+        max_dimension=100,
+        queue_size=5,
+        job_timeout_s=2.5,
+        shutdown_grace_s=0,
+        jpeg_quality=90,
+        max_pixels=1_000_000,
+        admin_token="t",
+        log_level="DEBUG",
+        retry_after_s=7,
+    )
+
+
+def test_empty_values_mean_the_default() -> None:
+    assert load_settings({"PORT": "", "ADMIN_TOKEN": "  "}).port == 8080
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("PORT", "http", "int"),
+        ("PORT", "-1", ">= 0"),
+        ("WORKER_POOL_SIZE", "0", ">= 1"),
+        ("QUEUE_SIZE", "1.5", "int"),
+        ("JOB_TIMEOUT", "0", "> 0"),
+        ("MAX_UPLOAD_SIZE", "10MB", "int"),
+        ("LOG_LEVEL", "loud", "LOUD"),
+        ("JPEG_QUALITY", "100", "<= 95"),
+    ],
+)
+def test_a_bad_value_names_the_variable(variable: str, value: str, words: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({variable: value})
+    assert str(caught.value).startswith(f"{variable}=")
+    assert words in str(caught.value)
+
+
+def test_the_body_limit_fits_a_base64_image_of_the_upload_limit() -> None:
+    settings = Settings(max_upload_bytes=3_000_000)
+    assert body_limit(settings) >= 4_000_000 + 1024
+    assert body_limit(settings) < 4_000_000 * 1.1
