@@ -148,6 +148,14 @@ async def get_job(job_id: str) -> Response:
     return json_response(job_view(record))
 
 
+@blueprint.delete("/jobs/<job_id>")
+async def delete_job(job_id: str) -> Response:
+    """Remove a job and its files; a queued or running job is cancelled first."""
+    if not await current_service().delete(_job_id(job_id)):
+        raise NotFound(f"no job with id {job_id[:64]!r}")
+    return Response(b"", status=204)
+
+
 def _wait_seconds(text: str | None) -> float:
     if text is None:
         return 0.0

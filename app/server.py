@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> ImgJobsApp:
     app = ImgJobsApp(__name__)
     app.settings = settings
     app.config["MAX_CONTENT_LENGTH"] = body_limit(settings)
-    app.config["BODY_TIMEOUT"] = 60
+    app.config["BODY_TIMEOUT"] = settings.body_timeout_s
     app.config["RESPONSE_TIMEOUT"] = 60
     # The service stops itself within SHUTDOWN_GRACE; this is the outer deadline.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_grace_s + 10
@@ -122,6 +122,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.keep_alive_timeout = 5
     config.read_timeout = 30
     config.accesslog = None
+    config.include_server_header = False  # no library names or versions in responses
     # Through the root handler, so hypercorn's lines are JSON like ours.
     config.errorlog = logging.getLogger("hypercorn.error")
     return config

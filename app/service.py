@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 
 import msgspec
 import trio
@@ -29,7 +30,7 @@ from app.errors import (
 from app.logs import log_event
 from app.models import OutputFormat, SubmitRequest, UploadParameters
 from app.queue import JobQueue
-from app.runner import ProcessRunner
+from app.runner import ProcessRunner, WorkerSetup
 from app.settings import Settings
 from app.storage import LocalStorage
 from app.store import JobRecord, JobStore, open_job_store
@@ -40,6 +41,8 @@ __all__ = ["Service", "Submission", "open_service", "parse_submission", "parse_u
 # How often pending rows that no queue holds (left by a restart, a full queue at start-up,
 # or a dead server sharing the database) are looked for.
 SWEEP_INTERVAL_S = 2.0
+# With other servers sharing the storage, only leftovers this old are surely abandoned.
+SHARED_LEFTOVER_AGE_S = 3600.0
 # Bodies bigger than this are parsed on a thread, off the event loop.
 INLINE_PARSE_BYTES = 64 * 1024
 
@@ -188,6 +191,16 @@ class Service:
             return parse_upload(data, parameters, self.settings)
         return await trio.to_thread.run_sync(parse_upload, data, parameters, self.settings)
 
+    async def delete(self, job_id: str) -> bool:
+        """Remove a job and its files, killing its worker if it is running here."""
+        record = await self.store.get(job_id)
+        if record is None or not await self.store.delete(job_id):
+            return False
+        cancelled = self.pool.cancel(job_id)
+        await self.storage.remove(record.input_key, record.output_key)
+        log_event("job.deleted", job_id=job_id, status=record.status, cancelled=cancelled)
+        return True
+
     async def submit(self, submission: Submission) -> JobRecord:
         """Store the upload and the row, then queue the job (or refuse with 503)."""
         if self.stopping:
@@ -242,16 +255,45 @@ async def _sweep(pool: WorkerPool) -> None:
         await trio.sleep(SWEEP_INTERVAL_S)
 
 
+async def _clean_storage(storage: LocalStorage, store: JobStore, *, alone: bool) -> None:
+    """Remove what crashes left: temporary files, and files of jobs that have no row."""
+    temps, keys = await trio.to_thread.run_sync(
+        partial(storage.leftovers, older_than_s=0 if alone else SHARED_LEFTOVER_AGE_S)
+    )
+    known = await store.existing(keys)
+    orphans = [key for job_id, job_keys in keys.items() if job_id not in known for key in job_keys]
+    await storage.remove(*orphans)
+    for temp in temps:
+        await storage.discard(temp)
+    if temps or orphans:
+        log_event("storage.cleaned", temp_files=len(temps), orphan_files=len(orphans))
+
+
+async def _expire(store: JobStore, storage: LocalStorage, ttl_s: float) -> None:
+    """Remove finished jobs older than JOB_TTL, files first, then rows."""
+    while True:
+        try:
+            while records := await store.expired(finished_before=time.time() - ttl_s, limit=500):
+                for record in records:
+                    await storage.remove(record.input_key, record.output_key)
+                    await store.delete(record.id)
+                log_event("jobs.expired", jobs=len(records))
+        except Exception:
+            log_event("expire.error", level=logging.ERROR, exc=True)
+        await trio.sleep(min(max(ttl_s / 10, 1.0), 60.0))
+
+
 @asynccontextmanager
 async def open_service(settings: Settings) -> AsyncIterator[Service]:
     """Start everything the service needs; on exit, shut it down gracefully."""
     storage = LocalStorage(settings.upload_dir, settings.output_dir)
-    removed = await trio.to_thread.run_sync(storage.prepare)
-    if removed:
-        log_event("storage.cleaned", temp_files=len(removed))
+    alone = await trio.to_thread.run_sync(storage.prepare)
     async with open_job_store(settings.db_path) as store, trio.open_nursery() as nursery:
+        await _clean_storage(storage, store, alone=alone)
         queue = JobQueue(settings.queue_size, retry_after_s=settings.retry_after_s)
-        pool = WorkerPool(settings, store, storage, queue, ProcessRunner(settings.worker_pool_size))
+        setup = WorkerSetup(memory_limit_bytes=settings.worker_memory_bytes)
+        runner = ProcessRunner(settings.worker_pool_size, setup)
+        pool = WorkerPool(settings, store, storage, queue, runner)
         workers_done = trio.Event()
 
         async def serve_pool() -> None:
@@ -269,6 +311,8 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             requeued_jobs=recovered,
         )
         nursery.start_soon(_sweep, pool)
+        if settings.job_ttl_s > 0:
+            nursery.start_soon(_expire, store, storage, settings.job_ttl_s)
         service = Service(settings, store, storage, queue, pool)
         try:
             yield service
@@ -285,4 +329,5 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
                     released_jobs=pool.statistics().busy,
                 )
             nursery.cancel_scope.cancel()
+    storage.close()
     log_event("service.stopped")

@@ -13,6 +13,10 @@ from msgspec import Meta
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 PositiveInt = Annotated[int, Meta(ge=1)]
+AllowedFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO"]
+DEFAULT_FORMATS: frozenset[AllowedFormat] = frozenset(
+    ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO")
+)
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
 
@@ -45,6 +49,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     admin_token: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     retry_after_s: PositiveInt = 1
+    # Formats accepted at submit, by content (never by name). Pillow is never asked to open
+    # anything else: EPS would run Ghostscript, PSD/PDF/SVG/ICNS/FPX/JPEG 2000/HEIF are out.
+    allowed_formats: frozenset[AllowedFormat] = DEFAULT_FORMATS
+    # Address-space limit of each worker process (RLIMIT_AS), so no image can exhaust the host.
+    worker_memory_bytes: Annotated[int, Meta(ge=64 * 1024 * 1024)] = 1024 * 1024 * 1024
+    # Finished jobs (rows and files) older than this are removed; 0 keeps them forever.
+    job_ttl_s: Annotated[float, Meta(ge=0)] = 24 * 3600.0
+    # A request body must arrive within this time (slow clients cannot hold a connection).
+    body_timeout_s: PositiveFloat = 60.0
 
 
 # Environment variable -> field. The seed's six names come first and keep their spelling.
@@ -65,6 +78,10 @@ ENVIRONMENT: Mapping[str, str] = {
     "ADMIN_TOKEN": "admin_token",
     "LOG_LEVEL": "log_level",
     "RETRY_AFTER": "retry_after_s",
+    "ALLOWED_FORMATS": "allowed_formats",
+    "WORKER_MEMORY_LIMIT": "worker_memory_bytes",
+    "JOB_TTL": "job_ttl_s",
+    "BODY_TIMEOUT": "body_timeout_s",
 }
 
 
@@ -72,11 +89,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build `Settings` from environment variables, failing fast on a bad value."""
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for variable, field in ENVIRONMENT.items():
         value = environ.get(variable)
         if value is None or value.strip() == "":
             continue
-        raw[field] = value.strip().upper() if field == "log_level" else value.strip()
+        value = given[field] = value.strip()
+        if field == "log_level":
+            raw[field] = value.upper()
+        elif field == "allowed_formats":
+            raw[field] = [name.strip().upper() for name in value.split(",") if name.strip()]
+        else:
+            raw[field] = value
     for variable, field in ENVIRONMENT.items():
         if field not in raw:
             continue
@@ -84,7 +108,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             msgspec.convert({field: raw[field]}, Settings, strict=False, dec_hook=_decode)
         except msgspec.ValidationError as exc:
             reason = str(exc).split(" - at ", 1)[0]
-            raise SettingsError(f"{variable}={raw[field]!r} is invalid: {reason}") from None
+            raise SettingsError(f"{variable}={given[field]!r} is invalid: {reason}") from None
     return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
 
 

@@ -8,10 +8,12 @@ either the whole file or a `.tmp` leftover that start-up removes.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import trio
 
@@ -20,6 +22,7 @@ from app.errors import StorageFull
 __all__ = ["TEMP_SUFFIX", "BlobStorage", "LocalStorage"]
 
 TEMP_SUFFIX = ".tmp"
+LOCK_NAME = ".imgjobs.lock"
 
 
 class BlobStorage(Protocol):
@@ -38,16 +41,47 @@ class LocalStorage:
 
     def __init__(self, upload_dir: Path, output_dir: Path) -> None:
         self._roots = {"uploads": upload_dir.resolve(), "outputs": output_dir.resolve()}
+        self._lock: BinaryIO | None = None
 
-    def prepare(self) -> list[Path]:
-        """Create the folders and remove temporary files a crash left; returns those."""
-        removed: list[Path] = []
+    def prepare(self) -> bool:
+        """Create the folders and take the storage lock; True if no other server shares it.
+
+        Every server holds a shared `flock` on the storage while it runs. One that gets it
+        exclusively at start-up is alone, so every temporary or orphan file is a crash's
+        leftover; otherwise only old ones are (another server may be writing right now).
+        """
         for root in self._roots.values():
             root.mkdir(parents=True, exist_ok=True)
-            for leftover in root.glob(f".*{TEMP_SUFFIX}"):
-                leftover.unlink(missing_ok=True)
-                removed.append(leftover)
-        return removed
+        self._lock = open(self._roots["uploads"] / LOCK_NAME, "a+b")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            alone = False
+        else:
+            alone = True
+        fcntl.flock(self._lock, fcntl.LOCK_SH)
+        return alone
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def leftovers(self, *, older_than_s: float) -> tuple[list[Path], dict[str, list[str]]]:
+        """Temporary files, and every stored key by job id, last changed before the age."""
+        cutoff = time.time() - older_than_s
+        temps: list[Path] = []
+        keys: dict[str, list[str]] = {}
+        for area, root in self._roots.items():
+            for entry in os.scandir(root):
+                if not entry.is_file() or entry.stat().st_mtime > cutoff:
+                    continue
+                if entry.name.endswith(TEMP_SUFFIX) and entry.name.startswith("."):
+                    temps.append(Path(entry.path))
+                elif not entry.name.startswith("."):
+                    job_id = entry.name.partition(".")[0]
+                    keys.setdefault(job_id, []).append(f"{area}/{entry.name}")
+        return temps, keys
 
     def path(self, key: str) -> Path:
         area, _, name = key.partition("/")

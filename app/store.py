@@ -109,6 +109,8 @@ class JobStore(Protocol):
     async def fail_exhausted(self, *, max_attempts: int, message: str) -> list[str]: ...
     async def count(self, status: JobStatus | None = None) -> int: ...
     async def integrity_check(self) -> str: ...
+    async def expired(self, *, finished_before: float, limit: int) -> list[JobRecord]: ...
+    async def existing(self, ids: Iterable[str]) -> set[str]: ...
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -308,6 +310,34 @@ class SqliteJobStore:
                 ).fetchone()
             )
         return int(row[0])
+
+    async def expired(self, *, finished_before: float, limit: int) -> list[JobRecord]:
+        """Finished jobs (completed or failed) that ended before `finished_before`."""
+
+        def query(c: sqlite3.Connection) -> list[JobRecord]:
+            rows = c.execute(
+                "SELECT * FROM jobs WHERE status IN ('completed', 'failed')"
+                " AND finished_at < ? ORDER BY finished_at LIMIT ?",
+                (finished_before, limit),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return await self._run(query)
+
+    async def existing(self, ids: Iterable[str]) -> set[str]:
+        """Which of `ids` have a row."""
+        wanted = list(ids)
+
+        def query(c: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT id FROM jobs WHERE id IN ({marks})"  # noqa: S608 - only marks
+                found.update(row[0] for row in c.execute(sql, chunk))
+            return found
+
+        return await self._run(query)
 
     async def integrity_check(self) -> str:
         row = await self._run(lambda c: c.execute("PRAGMA integrity_check").fetchone())

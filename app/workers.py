@@ -71,7 +71,9 @@ def _is_zombie(pid: int) -> bool:
 def inspect_upload(data: bytes, settings: Settings) -> imaging.ImageInfo:
     """Check an upload's header at submit: format allowed, size within the limits."""
     try:
-        return imaging.probe(data, max_pixels=settings.max_pixels)
+        return imaging.probe(
+            data, allowed=frozenset(settings.allowed_formats), max_pixels=settings.max_pixels
+        )
     except imaging.UnsupportedFormat as exc:
         raise UnsupportedFormat(exc.message) from None
     except imaging.ImagingError as exc:
@@ -92,6 +94,8 @@ class _Worker:
         self.busy = False
         self.retiring = False
         self.idle_scope = trio.CancelScope()
+        self.job_id: str | None = None
+        self.job_scope = trio.CancelScope()
 
 
 class WorkerPool:
@@ -143,6 +147,8 @@ class WorkerPool:
         """Run the workers until `stop` has let them finish (or this task is cancelled)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            # Worker processes start (and import Pillow) now, not in the first jobs.
+            nursery.start_soon(self._runner.warm_up, "imaging.process")
             self.resize(self._target)
             task_status.started()
         self._nursery = None
@@ -163,6 +169,14 @@ class WorkerPool:
             self._workers.append(worker)
             self._nursery.start_soon(self._serve_worker, worker, self._queue.receiver())
         log_event("pool.resized", size=size)
+
+    def cancel(self, job_id: str) -> bool:
+        """Abandon `job_id` if a worker here is running it (its process is killed)."""
+        for worker in self._workers:
+            if worker.job_id == job_id:
+                worker.job_scope.cancel()
+                return True
+        return False
 
     def stop(self) -> None:
         """Take no more jobs from the queue; running jobs go on (queued ones stay pending)."""
@@ -188,10 +202,13 @@ class WorkerPool:
                 worker.idle_scope = trio.CancelScope()
                 self._queue.taken(job_id)
                 worker.busy = True
+                worker.job_id = job_id
                 try:
-                    await self._run_job(job_id)
+                    with trio.CancelScope() as worker.job_scope:
+                        await self._run_job(job_id)
                 finally:
                     worker.busy = False
+                    worker.job_id = None
         self._workers.remove(worker)
 
     async def _run_job(self, job_id: str) -> None:
@@ -214,13 +231,17 @@ class WorkerPool:
             if isinstance(outcome, imaging.Result):
                 await self._storage.commit(temp, record.output_key)
                 committed = True
-                await self._store.complete(
+                done = await self._store.complete(
                     job_id,
                     owner=self.owner,
                     width=outcome.width,
                     height=outcome.height,
                     size_bytes=outcome.bytes,
                 )
+                if not done:
+                    # Deleted meanwhile (or the claim was lost): the output has no owner.
+                    await self._storage.remove(record.output_key)
+                    return
                 log_event(
                     "job.finished",
                     job_id=job_id,
@@ -244,8 +265,8 @@ class WorkerPool:
                 )
             self._announce(job_id)
         except trio.Cancelled:
-            # Shutdown deadline: the worker process is already killed; give the job back
-            # so that the next start runs it.
+            # Shutdown deadline or deletion: the worker process is already killed; give
+            # the job back (if it still exists) so that the next start runs it.
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._store.release(job_id, owner=self.owner)
                 log_event("job.released", job_id=job_id)
@@ -263,6 +284,7 @@ class WorkerPool:
             output_format=record.output_format,
             jpeg_quality=self._settings.jpeg_quality,
             max_pixels=self._settings.max_pixels,
+            allowed_formats=frozenset(self._settings.allowed_formats),
         )
         source = str(self._storage.path(record.input_key))
         timeout = self._settings.job_timeout_s

@@ -149,6 +149,19 @@ class FakeStore:
     async def integrity_check(self) -> str:
         return "ok"
 
+    async def expired(self, *, finished_before: float, limit: int) -> list[JobRecord]:
+        await trio.lowlevel.checkpoint()
+        rows = [
+            r
+            for r in self.rows.values()
+            if r.status in ("completed", "failed") and (r.finished_at or 0) < finished_before
+        ]
+        return rows[:limit]
+
+    async def existing(self, ids: Iterable[str]) -> set[str]:
+        await trio.lowlevel.checkpoint()
+        return {job_id for job_id in ids if job_id in self.rows}
+
     def statuses(self) -> Counter[str]:
         return Counter(r.status for r in self.rows.values())
 
@@ -200,6 +213,9 @@ class FakeRunner:
 
     def resize(self, size: int) -> None:
         self._limiter.total_tokens = size
+
+    async def warm_up(self, *modules: str) -> None:
+        await trio.lowlevel.checkpoint()
 
     async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         spec, source, _temp = args  # type: ignore[misc]
