@@ -1,11 +1,12 @@
 """The one place where work crosses into worker processes.
 
 `anyio.to_process.run_sync` with one shared `CapacityLimiter`: at most `size` calls run
-at once, each in its own reusable worker process; `cancellable=True` so that a timeout
-or a shutdown deadline kills the worker instead of waiting for it. Each worker prepares
-itself once: lower CPU priority than the server (the API stays responsive under load)
-and a watchdog that ends it when the server is gone, so a killed server leaves no
-worker behind to write into storage after the next start has cleaned it.
+at once, each in its own reusable worker process; `cancellable=True` so that a timeout,
+a deletion or a shutdown deadline kills the worker instead of waiting for it. Each worker
+prepares itself once: a lower CPU priority than the server (the API stays responsive
+under load), an address-space limit (an image cannot exhaust the host), and a watchdog
+that ends it when the server is gone, so a killed server leaves no worker behind to write
+into storage after the next start has cleaned it.
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, TypeVar, TypeVarTuple, Unpack
 
 import anyio
 import anyio.to_process
 import msgspec
 
-__all__ = ["ProcessRunner", "Runner", "WorkerSetup"]
+__all__ = ["ProcessRunner", "Runner", "Slot", "WorkerSetup"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 # How often a worker checks that the server that started it is still alive.
 PARENT_CHECK_INTERVAL_S = 0.2
+# anyio's own limiter is kept out of the way: the runner's is the real bound.
 UNBOUNDED = 1024
 
 
@@ -36,27 +39,31 @@ class WorkerSetup(msgspec.Struct, frozen=True, kw_only=True):
     """Process-wide settings applied once in each worker process."""
 
     niceness: int = 5
-    # RLIMIT_AS: an allocation past it raises MemoryError in the worker (or kills it),
-    # failing one job instead of exhausting the host.
+    # RLIMIT_AS: an allocation past it raises MemoryError in the worker (or kills it).
     memory_limit_bytes: int | None = None
 
 
+class Slot(Protocol):
+    """A reserved worker: `run` calls a picklable function in it."""
+
+    async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T: ...
+
+
 class Runner(Protocol):
-    """Runs a picklable function with picklable arguments somewhere else."""
+    """Runs picklable functions with picklable arguments elsewhere, `size` at once."""
 
     @property
     def size(self) -> int: ...
     def resize(self, size: int) -> None: ...
     async def warm_up(self, *modules: str) -> None: ...
-    async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T: ...
+    def reserve(self) -> AbstractAsyncContextManager[Slot]: ...
 
 
 class ProcessRunner:
-    """`Runner` on anyio worker processes, `size` at a time."""
+    """`Runner` on anyio worker processes."""
 
     def __init__(self, size: int, setup: WorkerSetup | None = None) -> None:
         self._limiter = anyio.CapacityLimiter(size)
-        # anyio's own bound, kept out of the way: `_limiter` is the real one.
         self._unbounded = anyio.CapacityLimiter(UNBOUNDED)
         self._setup = setup or WorkerSetup()
 
@@ -69,14 +76,25 @@ class ProcessRunner:
         # total lets running calls finish before fewer are admitted.
         self._limiter.total_tokens = size
 
-    async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+    @asynccontextmanager
+    async def reserve(self) -> AsyncIterator[Slot]:
+        """Wait for a free place and an idle worker process; both are held in the block.
+
+        Time spent here (a full pool, starting a process) is not the job's: callers put
+        their job timeout around `Slot.run` only.
+        """
         async with self._limiter:
-            # anyio leaks a worker process cancelled while it starts (no kill, no wait), so
-            # make sure an idle one exists first, uncancellably; with one already idle this
-            # is a 0.1 ms round trip.
+            # anyio leaks a worker process cancelled while it starts (no kill, no wait),
+            # so make sure an idle one exists first, uncancellably; with one already idle
+            # this is a 0.1 ms round trip.
             with anyio.CancelScope(shield=True):
-                await self._call(_import, ((),))
-            return await self._call(fn, args, cancellable=True)
+                await self.call(_import, ((),))
+            yield _ProcessSlot(self)
+
+    async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        """`reserve`, then one cancellable call."""
+        async with self.reserve() as slot:
+            return await slot.run(fn, *args)
 
     async def warm_up(self, *modules: str) -> None:
         """Start all `size` worker processes now, with `modules` imported in each."""
@@ -84,9 +102,10 @@ class ProcessRunner:
             for _ in range(self.size):
                 group.start_soon(self.run, _import, modules)
 
-    async def _call(
+    async def call(
         self, fn: Callable[[Unpack[Ts]], T], args: tuple[*Ts], *, cancellable: bool = False
     ) -> T:
+        """One call in an idle worker process, outside the runner's limit."""
         return await anyio.to_process.run_sync(
             _call_in_worker,
             self._setup,
@@ -95,6 +114,14 @@ class ProcessRunner:
             cancellable=cancellable,
             limiter=self._unbounded,
         )
+
+
+class _ProcessSlot:
+    def __init__(self, runner: ProcessRunner) -> None:
+        self._runner = runner
+
+    async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+        return await self._runner.call(fn, args, cancellable=True)
 
 
 _prepared: WorkerSetup | None = None
@@ -108,9 +135,8 @@ def _call_in_worker(setup: WorkerSetup, fn: Callable[[Unpack[Ts]], T], args: tup
             _watch_parent(os.getppid())
             os.nice(setup.niceness)
         if setup.memory_limit_bytes is not None:
-            resource.setrlimit(
-                resource.RLIMIT_AS, (setup.memory_limit_bytes, setup.memory_limit_bytes)
-            )
+            limit = setup.memory_limit_bytes
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         _prepared = setup
     return fn(*args)
 

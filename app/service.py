@@ -329,5 +329,5 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
                     released_jobs=pool.statistics().busy,
                 )
             nursery.cancel_scope.cancel()
-    storage.close()
+            storage.close()
     log_event("service.stopped")

@@ -289,8 +289,9 @@ class WorkerPool:
         source = str(self._storage.path(record.input_key))
         timeout = self._settings.job_timeout_s
         try:
-            with trio.fail_after(timeout):
-                return await self._runner.run(imaging.process, spec, source, temp)
+            async with self._runner.reserve() as slot:
+                with trio.fail_after(timeout):
+                    return await slot.run(imaging.process, spec, source, temp)
         except trio.TooSlowError:
             return "timeout", f"processing took longer than the {timeout:g} s limit"
         except imaging.ImagingError as exc:

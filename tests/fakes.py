@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
@@ -217,23 +218,24 @@ class FakeRunner:
     async def warm_up(self, *modules: str) -> None:
         await trio.lowlevel.checkpoint()
 
+    @asynccontextmanager
+    async def reserve(self) -> AsyncIterator[FakeRunner]:
+        async with self._limiter:
+            yield self
+
     async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         spec, source, _temp = args  # type: ignore[misc]
         job_id = Path(source).stem
-        async with self._limiter:
-            self.calls[job_id] += 1
-            self.running += 1
-            self.max_running = max(self.max_running, self.running)
-            self.started.set()
-            try:
-                if self.behaviour is not None:
-                    self.behaviour(job_id)
-                await trio.sleep(self.duration_s)
-            finally:
-                self.running -= 1
-        return imaging.Result(
-            width=spec.width,
-            height=spec.height,  # type: ignore[return-value]
-            format=spec.output_format,
-            bytes=100,
+        self.calls[job_id] += 1
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        self.started.set()
+        try:
+            if self.behaviour is not None:
+                self.behaviour(job_id)
+            await trio.sleep(self.duration_s)
+        finally:
+            self.running -= 1
+        return imaging.Result(  # type: ignore[return-value]
+            width=spec.width, height=spec.height, format=spec.output_format, bytes=100
         )

@@ -49,7 +49,9 @@ def environment(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
     for variable, field in ENVIRONMENT.items():
         value = getattr(settings, field)
-        if value is not None:
+        if isinstance(value, frozenset):
+            env[variable] = ",".join(sorted(value))
+        elif value is not None:
             env[variable] = str(value)
     return env
 

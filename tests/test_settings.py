@@ -44,6 +44,10 @@ def test_every_variable_is_read() -> None:
         "ADMIN_TOKEN": "t",
         "LOG_LEVEL": "debug",
         "RETRY_AFTER": "7",
+        "ALLOWED_FORMATS": "jpeg, PNG",
+        "WORKER_MEMORY_LIMIT": "536870912",
+        "JOB_TTL": "60",
+        "BODY_TIMEOUT": "5",
     }
     assert set(environ) == set(ENVIRONMENT)
     settings = load_settings(environ)
@@ -64,6 +68,10 @@ def test_every_variable_is_read() -> None:
         admin_token="t",
         log_level="DEBUG",
         retry_after_s=7,
+        allowed_formats=frozenset({"JPEG", "PNG"}),
+        worker_memory_bytes=536870912,
+        job_ttl_s=60,
+        body_timeout_s=5,
     )
 
 
@@ -82,6 +90,8 @@ def test_empty_values_mean_the_default() -> None:
         ("MAX_UPLOAD_SIZE", "10MB", "int"),
         ("LOG_LEVEL", "loud", "LOUD"),
         ("JPEG_QUALITY", "100", "<= 95"),
+        ("ALLOWED_FORMATS", "jpeg,eps", "EPS"),
+        ("WORKER_MEMORY_LIMIT", "1000", ">= 67108864"),
     ],
 )
 def test_a_bad_value_names_the_variable(variable: str, value: str, words: str) -> None:
