@@ -32,7 +32,7 @@ __all__ = ["PoolStatistics", "WorkerPool", "inspect_upload", "new_owner_id"]
 
 # A claim outlives the job timeout by this much before another start may take the job over.
 LEASE_MARGIN_S = 30.0
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 5
 
 
 class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
