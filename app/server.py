@@ -154,5 +154,6 @@ async def serve(
             partial(hypercorn_serve, app, config, shutdown_trigger=partial(_wait_for_signal, app))
         )
         # The handshake that tests and scripts wait for (PORT=0 picks a free port).
-        log_event("server.listening", urls=urls)
+        # Logged whatever LOG_LEVEL says (up to WARNING): scripts wait for this line.
+        log_event("server.listening", level=logging.WARNING, urls=urls)
         task_status.started(urls)
