@@ -1,0 +1,69 @@
+"""What the service does with every hostile file of the corpus, as a Markdown table.
+
+Starts a real server (``python -m app``), submits each file of ``../shared/corpus/bad``
+(resize to 200x200), waits for accepted jobs to end, and prints one row per file: the
+answer at submit (status and error code) or the job's final status and code. Ends with
+the server's and its workers' peak memory and whether the server stayed healthy.
+
+    python -m bench.hostile
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import httpx
+import msgspec
+import trio
+
+from bench.procs import children, process_memory_mib
+from bench.server import ServerConfig, open_server
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = ROOT.parent / "shared" / "corpus" / "bad"
+
+
+async def outcome(client: httpx.AsyncClient, path: Path) -> tuple[str, str]:
+    data = await trio.Path(path).read_bytes()
+    body = {
+        "image_data": base64.b64encode(data).decode(),
+        "operation": "resize",
+        "width": 200,
+        "height": 200,
+    }
+    response = await client.post(
+        "/jobs", content=msgspec.json.encode(body), headers={"Content-Type": "application/json"}
+    )
+    if response.status_code != 202:
+        return f"{response.status_code} at submit", response.json()["code"]
+    job_id = response.json()["job_id"]
+    job = (await client.get(f"/jobs/{job_id}", params={"wait": "60"})).json()
+    return f"202, then {job['status']}", (job.get("error") or {}).get("code", "")
+
+
+async def main() -> None:
+    files = sorted(p for p in BAD.iterdir() if p.suffix != ".tsv")
+    async with (
+        open_server(ServerConfig(pool_size=2)) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=120) as client,
+    ):
+        rows = [(path.name, *await outcome(client, path)) for path in files]
+        healthy = (await client.get("/health")).json()["status"]
+        server_peak = (process_memory_mib(server.pid) or (0.0, 0.0))[1]
+        worker_peak = max(
+            ((process_memory_mib(pid) or (0.0, 0.0))[1] for pid in children(server.pid)),
+            default=0.0,
+        )
+    print("| file | answer | code |\n|---|---|---|")
+    for name, answer, code in rows:
+        print(f"| `{name}` | {answer} | {code} |")
+    five_xx = sum(answer.startswith("5") for _, answer, _ in rows)
+    print(
+        f"\n{len(rows)} files, {five_xx} answered 5xx; server afterwards: {healthy}; "
+        f"peak RSS: server {server_peak:.0f} MiB, largest worker {worker_peak:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    trio.run(main)
