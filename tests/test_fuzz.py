@@ -67,7 +67,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
         else:
             raise AssertionError("the server did not start")
         threading.Thread(target=server.stderr.read, daemon=True).start()  # keep draining
-        with httpx.Client(base_url=url, timeout=30) as client:
+        # A fresh connection per request: no race with the server closing an idle one.
+        no_reuse = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=url, timeout=30, limits=no_reuse) as client:
             yield client
     finally:
         server.terminate()
