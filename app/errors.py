@@ -6,6 +6,7 @@ holding the human message, which is what clients of the original API read::
 
     ServiceError                500 internal_error (never shows its details)
     ├── BadRequest              400 bad_request
+    │   ├── RequestTimeout      408 request_timeout
     │   ├── MalformedJSON       400 malformed_json
     │   ├── InvalidField        400 invalid_field
     │   └── InvalidBase64       400 invalid_base64
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadTooLarge",
     "Problem",
     "QueueFull",
+    "RequestTimeout",
     "ServiceError",
     "ServiceStopping",
     "StorageFull",
@@ -91,6 +93,12 @@ class BadRequest(ServiceError):
     status = 400
     title = "Bad Request"
     default_code = "bad_request"
+
+
+class RequestTimeout(BadRequest):
+    status = 408
+    title = "Request Timeout"
+    default_code = "request_timeout"
 
 
 class MalformedJSON(BadRequest):

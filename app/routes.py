@@ -105,26 +105,24 @@ async def submit_job() -> Response:
         body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         if not body:
             raise MalformedJSON("the request body is empty; expected a JSON object")
-        submission = await service.parse(body)
+        record = await service.submit_json(body)
     elif mimetype == "multipart/form-data":
         files = await request.files
         form = await request.form
         part = files.get("image")
         if part is None:
             raise InvalidField("the multipart form needs a file part named `image`")
-        submission = await service.parse_upload(part.read(), form.to_dict())
+        record = await service.submit_bytes(part.read(), form.to_dict())
     elif mimetype.startswith("image/") or mimetype == "application/octet-stream":
         limit = service.settings.max_upload_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"the image exceeds the upload limit of {limit} bytes")
-        data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        submission = await service.parse_upload(data, request.args.to_dict())
+        record = await service.submit_stream(request.body, request.args.to_dict())
     else:
         raise UnsupportedMediaType(
             "POST /jobs takes application/json (base64 image), multipart/form-data (an"
             f" `image` file part) or a raw image/* body, not {mimetype or 'nothing'}"
         )
-    record = await service.submit(submission)
     return json_response(
         {"job_id": record.id, "status": "pending", "message": "Image processing job submitted"},
         status=202,

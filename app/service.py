@@ -8,35 +8,26 @@ pending), stop the workers, close the database.
 
 from __future__ import annotations
 
-import binascii
 import logging
-import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 
-import msgspec
 import trio
 
-from app.errors import (
-    InvalidBase64,
-    InvalidField,
-    MalformedJSON,
-    PayloadTooLarge,
-    ServiceStopping,
-)
+from app.errors import RequestTimeout, ServiceStopping
 from app.logs import log_event
-from app.models import OutputFormat, SubmitRequest, UploadParameters
-from app.queue import JobQueue
+from app.queue import JobQueue, Slot
 from app.runner import ProcessRunner, WorkerSetup
 from app.settings import Settings
 from app.storage import LocalStorage
 from app.store import JobRecord, JobStore, open_job_store
-from app.workers import WorkerPool, check_output_size, inspect_upload
+from app.submissions import JobPlan, check_upload, extension_of, parse_json, parse_parameters
+from app.workers import WorkerPool
 
-__all__ = ["Service", "Submission", "open_service", "parse_submission", "parse_upload"]
+__all__ = ["Service", "open_service"]
 
 # How often pending rows that no queue holds (left by a restart, a full queue at start-up,
 # or a dead server sharing the database) are looked for.
@@ -45,115 +36,6 @@ SWEEP_INTERVAL_S = 2.0
 SHARED_LEFTOVER_AGE_S = 3600.0
 # Bodies bigger than this are parsed on a thread, off the event loop.
 INLINE_PARSE_BYTES = 64 * 1024
-
-_DATA_URL = re.compile(rb"^data:image/[A-Za-z0-9.+-]+;base64,")
-_WHITESPACE = re.compile(rb"\s+")
-_EXTENSIONS = {
-    "JPEG": "jpg",
-    "MPO": "jpg",
-    "PNG": "png",
-    "GIF": "gif",
-    "WEBP": "webp",
-    "TIFF": "tif",
-    "BMP": "bmp",
-}
-
-
-class Submission(msgspec.Struct, frozen=True, kw_only=True):
-    """A checked `POST /jobs`: decoded image bytes and what to do with them."""
-
-    data: bytes
-    source_format: str
-    operation: str
-    width: int
-    height: int
-    output_format: OutputFormat
-
-
-def _field_message(exc: msgspec.ValidationError) -> str:
-    text = str(exc)
-    reason, sep, where = text.partition(" - at `$.")
-    if sep:
-        return f"invalid field `{where.rstrip('`')}`: {reason}"
-    return f"invalid request: {text}"
-
-
-def decode_image_data(text: str, max_bytes: int) -> bytes:
-    """Standard base64 (a `data:image/...;base64,` prefix and line breaks allowed)."""
-    raw = text.encode("ascii", errors="replace")
-    if raw.startswith(b"data:"):
-        match = _DATA_URL.match(raw)
-        if match is None:
-            raise InvalidBase64("image_data: a data URL must look like data:image/<type>;base64,")
-        raw = raw[match.end() :]
-    if len(raw) // 4 * 3 > max_bytes + 3:
-        raise PayloadTooLarge(f"the image exceeds the upload limit of {max_bytes} bytes")
-    try:
-        data = binascii.a2b_base64(raw, strict_mode=True)
-    except binascii.Error:
-        compact = _WHITESPACE.sub(b"", raw)
-        compact += b"=" * (-len(compact) % 4)
-        try:
-            data = binascii.a2b_base64(compact, strict_mode=True)
-        except binascii.Error:
-            raise InvalidBase64("image_data is not valid standard base64") from None
-    if not data:
-        raise InvalidField("image_data is empty")
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"the image is {len(data)} bytes, over the upload limit of {max_bytes} bytes"
-        )
-    return data
-
-
-def parse_submission(body: bytes, settings: Settings) -> Submission:
-    """Check a JSON `POST /jobs` (base64 image) before anything is stored."""
-    try:
-        request = msgspec.json.decode(body, type=SubmitRequest)
-    except msgspec.ValidationError as exc:
-        raise InvalidField(_field_message(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
-    check_output_size(settings, request.width, request.height)
-    data = decode_image_data(request.image_data, settings.max_upload_bytes)
-    return _checked(data, request, settings)
-
-
-def parse_upload(data: bytes, parameters: Mapping[str, str], settings: Settings) -> Submission:
-    """Check a binary `POST /jobs` (raw body or multipart file) before anything is stored."""
-    try:
-        request = msgspec.convert(dict(parameters), UploadParameters, strict=False)
-    except msgspec.ValidationError as exc:
-        raise InvalidField(_field_message(exc)) from None
-    check_output_size(settings, request.width, request.height)
-    if not data:
-        raise InvalidField("the upload is empty; send the image bytes")
-    if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the image is {len(data)} bytes, over the upload limit of "
-            f"{settings.max_upload_bytes} bytes"
-        )
-    return _checked(data, request, settings)
-
-
-def _checked(
-    data: bytes, request: SubmitRequest | UploadParameters, settings: Settings
-) -> Submission:
-    info = inspect_upload(data, settings)
-    requested = request.output_format
-    output: OutputFormat = (
-        info.default_output
-        if requested is None
-        else ("jpeg" if requested in ("jpeg", "jpg") else "png")
-    )
-    return Submission(
-        data=data,
-        source_format=info.format,
-        operation=request.operation,
-        width=request.width,
-        height=request.height,
-        output_format=output,
-    )
 
 
 class Service:
@@ -179,17 +61,65 @@ class Service:
         self.stopping = True
         self.pool.stop()
 
-    async def parse(self, body: bytes) -> Submission:
-        """`parse_submission`, on a thread when the body is big (base64 and JSON decoding
-        of megabytes would stall every other request)."""
+    async def submit_json(self, body: bytes) -> JobRecord:
+        """The seed service's JSON body, base64 image inside."""
         if len(body) <= INLINE_PARSE_BYTES:
-            return parse_submission(body, self.settings)
-        return await trio.to_thread.run_sync(parse_submission, body, self.settings)
+            plan, data = parse_json(body, self.settings)
+        else:  # base64 and JSON decoding of megabytes would stall every other request
+            plan, data = await trio.to_thread.run_sync(parse_json, body, self.settings)
+        return await self._submit_bytes(plan, data)
 
-    async def parse_upload(self, data: bytes, parameters: Mapping[str, str]) -> Submission:
+    async def submit_bytes(self, data: bytes, parameters: Mapping[str, str]) -> JobRecord:
+        """An image already in memory (a multipart file part) with its parameters."""
+        request = parse_parameters(parameters, self.settings)
         if len(data) <= INLINE_PARSE_BYTES:
-            return parse_upload(data, parameters, self.settings)
-        return await trio.to_thread.run_sync(parse_upload, data, parameters, self.settings)
+            plan = check_upload(data, request, self.settings)
+        else:
+            plan = await trio.to_thread.run_sync(check_upload, data, request, self.settings)
+        return await self._submit_bytes(plan, data)
+
+    async def submit_stream(
+        self, chunks: AsyncIterable[bytes], parameters: Mapping[str, str]
+    ) -> JobRecord:
+        """A raw image body, written to storage as it arrives (never whole in memory).
+
+        The queue place is reserved before the body is read, so a full queue answers 503
+        at once; the size limit is enforced while receiving.
+        """
+        request = parse_parameters(parameters, self.settings)
+        job_id = self._new_job_id()
+        with self.queue.reserve_nowait(job_id) as slot:
+            temp = self.storage.temp_path(f"uploads/{job_id}")
+            try:
+                with trio.move_on_after(self.settings.body_timeout_s) as receiving:
+                    size = await self.storage.receive(
+                        temp, chunks, limit=self.settings.max_upload_bytes
+                    )
+                if receiving.cancelled_caught:
+                    raise RequestTimeout("the request body was not received in time")
+                plan = await trio.to_thread.run_sync(check_upload, temp, request, self.settings)
+                key = f"uploads/{job_id}.{extension_of(plan.source_format)}"
+                await self.storage.commit(temp, key)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.storage.discard(temp)
+                raise
+            return await self._enqueue(slot, plan, key, size)
+
+    def _new_job_id(self) -> str:
+        if self.stopping:
+            raise ServiceStopping(
+                "the service is shutting down; retry shortly",
+                retry_after_s=self.settings.retry_after_s,
+            )
+        return str(uuid.uuid4())
+
+    async def _submit_bytes(self, plan: JobPlan, data: bytes) -> JobRecord:
+        job_id = self._new_job_id()
+        with self.queue.reserve_nowait(job_id) as slot:
+            key = f"uploads/{job_id}.{extension_of(plan.source_format)}"
+            await self.storage.write(key, data)
+            return await self._enqueue(slot, plan, key, len(data))
 
     async def delete(self, job_id: str) -> bool:
         """Remove a job and its files, killing its worker if it is running here."""
@@ -201,38 +131,30 @@ class Service:
         log_event("job.deleted", job_id=job_id, status=record.status, cancelled=cancelled)
         return True
 
-    async def submit(self, submission: Submission) -> JobRecord:
-        """Store the upload and the row, then queue the job (or refuse with 503)."""
-        if self.stopping:
-            raise ServiceStopping(
-                "the service is shutting down; retry shortly",
-                retry_after_s=self.settings.retry_after_s,
-            )
-        job_id = str(uuid.uuid4())
-        extension = _EXTENSIONS[submission.source_format]
+    async def _enqueue(self, slot: Slot, plan: JobPlan, input_key: str, size: int) -> JobRecord:
+        """Insert the row of a stored upload, then fill its reserved queue place."""
+        job_id = slot.job_id
         now = time.time()
         record = JobRecord(
             id=job_id,
             status="pending",
-            operation=submission.operation,  # type: ignore[arg-type]
-            width=submission.width,
-            height=submission.height,
-            output_format=submission.output_format,
-            input_key=f"uploads/{job_id}.{extension}",
-            output_key=f"outputs/{job_id}.{'jpg' if submission.output_format == 'jpeg' else 'png'}",
-            input_bytes=len(submission.data),
+            operation=plan.operation,
+            width=plan.width,
+            height=plan.height,
+            output_format=plan.output_format,
+            input_key=input_key,
+            output_key=f"outputs/{job_id}.{'jpg' if plan.output_format == 'jpeg' else 'png'}",
+            input_bytes=size,
             created_at=now,
             updated_at=now,
         )
-        with self.queue.reserve_nowait(job_id) as slot:
-            await self.storage.write(record.input_key, submission.data)
-            try:
-                await self.store.insert(record)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self.storage.remove(record.input_key)
-                raise
-            slot.put()
+        try:
+            await self.store.insert(record)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.storage.remove(input_key)
+            raise
+        slot.put()
         log_event(
             "job.submitted",
             job_id=job_id,
@@ -240,8 +162,8 @@ class Service:
             width=record.width,
             height=record.height,
             output_format=record.output_format,
-            input_format=submission.source_format,
-            input_bytes=record.input_bytes,
+            input_format=plan.source_format,
+            input_bytes=size,
         )
         return record
 

@@ -12,16 +12,18 @@ import fcntl
 import os
 import secrets
 import time
+from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import trio
 
-from app.errors import StorageFull
+from app.errors import PayloadTooLarge, StorageFull
 
 __all__ = ["TEMP_SUFFIX", "BlobStorage", "LocalStorage"]
 
 TEMP_SUFFIX = ".tmp"
+WRITE_BUFFER_BYTES = 1024 * 1024
 LOCK_NAME = ".imgjobs.lock"
 
 
@@ -103,6 +105,36 @@ class LocalStorage:
     async def remove(self, *keys: str) -> None:
         paths = [self.path(key) for key in keys]
         await trio.to_thread.run_sync(_unlink_all, paths)
+
+    async def receive(self, temp: Path, chunks: AsyncIterable[bytes], *, limit: int) -> int:
+        """Write `chunks` to `temp` as they arrive (buffered up to 1 MiB); returns the size.
+
+        Raises `PayloadTooLarge` as soon as more than `limit` bytes came.
+        """
+        size = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        try:
+            async with await trio.open_file(temp, "xb") as file:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(
+                            f"the image exceeds the upload limit of {limit} bytes"
+                        )
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= WRITE_BUFFER_BYTES:
+                        await file.write(b"".join(pending))
+                        pending.clear()
+                        pending_size = 0
+                if pending:
+                    await file.write(b"".join(pending))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("no space left to store the upload; retry later") from None
+            raise
+        return size
 
     async def discard(self, temp: Path) -> None:
         """Remove a temporary file if it is still there (a failed or cancelled job's)."""

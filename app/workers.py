@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import anyio
 import msgspec
@@ -68,12 +69,14 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def inspect_upload(data: bytes, settings: Settings) -> imaging.ImageInfo:
+def inspect_upload(image: bytes | Path, settings: Settings) -> imaging.ImageInfo:
     """Check an upload's header at submit: format allowed, size within the limits."""
+    allowed = frozenset(settings.allowed_formats)
     try:
-        return imaging.probe(
-            data, allowed=frozenset(settings.allowed_formats), max_pixels=settings.max_pixels
-        )
+        if isinstance(image, bytes):
+            return imaging.probe(image, allowed=allowed, max_pixels=settings.max_pixels)
+        with open(image, "rb") as file:
+            return imaging.probe(file, allowed=allowed, max_pixels=settings.max_pixels)
     except imaging.UnsupportedFormat as exc:
         raise UnsupportedFormat(exc.message) from None
     except imaging.ImagingError as exc:

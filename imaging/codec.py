@@ -202,9 +202,13 @@ def has_alpha(image: Image.Image) -> bool:
 
 
 def probe(
-    data: bytes, *, allowed: frozenset[str] = DEFAULT_ALLOWED_FORMATS, max_pixels: int
+    data: bytes | IO[bytes],
+    *,
+    allowed: frozenset[str] = DEFAULT_ALLOWED_FORMATS,
+    max_pixels: int,
 ) -> ImageInfo:
-    """Identify an uploaded image from its header, without decoding any pixels.
+    """Identify an uploaded image (bytes, or a seekable binary file) from its header,
+    without decoding any pixels.
 
     Raises :class:`UnsupportedFormat`, :class:`ImageTooLarge` or :class:`CorruptImage`,
     never anything else. Pillow's warnings (corrupt EXIF, malformed MPO, bomb warnings: the
@@ -219,7 +223,8 @@ def probe(
     """
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with open_image(BytesIO(data), allowed=allowed, max_pixels=max_pixels) as image:
+        source = BytesIO(data) if isinstance(data, bytes) else data
+        with open_image(source, allowed=allowed, max_pixels=max_pixels) as image:
             alpha = has_alpha(image)
             fmt = image.format or ""
             if fmt in DRAFTABLE:

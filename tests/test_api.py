@@ -453,3 +453,26 @@ async def test_start_up_removes_temporary_and_orphan_files(tmp_path: Path) -> No
     async with open_server(settings):
         assert stored_files(tmp_path) == sorted([f"{kept}.png", f"{kept}.png"])
         assert list(settings.upload_dir.glob(".*.tmp")) == []
+
+
+async def test_refused_raw_uploads_leave_no_file_behind(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_upload_bytes=1024 * 1024)
+    async with open_server(settings) as server, httpx.AsyncClient(base_url=server.url) as client:
+        not_an_image = await client.post(
+            "/jobs?operation=resize&width=5&height=5",
+            content=b"plain text" * 10_000,
+            headers={"Content-Type": "image/jpeg"},
+        )
+        assert_problem(not_an_image, 415, "not a recognised image")
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            for _ in range(40):
+                yield b"\xff\xd8\xff" + bytes(64 * 1024)
+
+        too_big = await client.post(
+            "/jobs?operation=resize&width=5&height=5",
+            content=chunked(),
+            headers={"Content-Type": "image/jpeg"},
+        )
+        assert_problem(too_big, 413, "upload limit")
+    assert list(settings.upload_dir.iterdir()) == [settings.upload_dir / ".imgjobs.lock"]
