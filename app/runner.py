@@ -87,8 +87,9 @@ class ProcessRunner:
             # anyio leaks a worker process cancelled while it starts (no kill, no wait),
             # so make sure an idle one exists first, uncancellably; with one already idle
             # this is a 0.1 ms round trip.
-            with anyio.CancelScope(shield=True):
-                await self.call(_import, ((),))
+            if not _idle_worker_exists():
+                with anyio.CancelScope(shield=True):
+                    await self.call(_import, ((),))
             yield _ProcessSlot(self)
 
     async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
@@ -114,6 +115,15 @@ class ProcessRunner:
             cancellable=cancellable,
             limiter=self._unbounded,
         )
+
+
+def _idle_worker_exists() -> bool:
+    """Whether anyio has a live idle worker process to hand out (False if unsure)."""
+    try:
+        idle = anyio.to_process._process_pool_idle_workers.get()
+    except (AttributeError, LookupError):
+        return False
+    return bool(idle) and idle[-1][0].returncode is None
 
 
 class _ProcessSlot:

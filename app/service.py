@@ -92,12 +92,14 @@ class Service:
             temp = self.storage.temp_path(f"uploads/{job_id}")
             try:
                 with trio.move_on_after(self.settings.body_timeout_s) as receiving:
-                    size = await self.storage.receive(
-                        temp, chunks, limit=self.settings.max_upload_bytes
+                    size, plan = await self.storage.receive(
+                        temp,
+                        chunks,
+                        limit=self.settings.max_upload_bytes,
+                        then=partial(check_upload, request=request, settings=self.settings),
                     )
                 if receiving.cancelled_caught:
                     raise RequestTimeout("the request body was not received in time")
-                plan = await trio.to_thread.run_sync(check_upload, temp, request, self.settings)
                 key = f"uploads/{job_id}.{extension_of(plan.source_format)}"
                 await self.storage.commit(temp, key)
             except BaseException:
