@@ -32,7 +32,7 @@ blueprint = Blueprint("jobs", __name__)
 _encoder = msgspec.json.Encoder()
 TERMINAL = ("completed", "failed")
 MAX_WAIT_S = 60.0
-WAIT_RECHECK_S = 1.0
+WAIT_RECHECK_S = 5.0
 _MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 
 
