@@ -34,7 +34,10 @@ system:
 $(STAMP): pyproject.toml requirements.lock | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	CC="cc $(SIMD_CFLAGS)" $(BIN)/pip install -q --no-binary pillow-simd -r requirements.lock
+	@# Built here, with this CPU's flags: a cached wheel would ignore CC.
+	CC="cc $(SIMD_CFLAGS)" $(BIN)/pip install -q --no-cache-dir --no-binary pillow-simd \
+		"$$(grep -i '^pillow-simd==' requirements.lock)"
+	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	@$(BIN)/python -c "import PIL; v = PIL.__version__; assert v.endswith('.post0'), \
 		'stock Pillow ' + v + ' replaced pillow-simd'; print('pillow-simd', v)"
@@ -58,4 +61,31 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) data uploads outputs .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-stock-pillow .venv-thumbor data uploads outputs bench/results \
+		.mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# Benchmarks (see the docstring of each bench/*.py). Extra options: BENCH_ARGS="--quick".
+bench: $(STAMP)
+	$(BIN)/python -m bench.pool_sizes $(BENCH_ARGS)
+
+# Stock Pillow (pinned) in a venv of its own, never in $(VENV): the ceiling under both.
+bench-pillow: $(STAMP)
+	@test -f .venv-stock-pillow/.installed || { \
+		rm -rf .venv-stock-pillow && $(PYTHON) -m venv .venv-stock-pillow && \
+		echo '*' > .venv-stock-pillow/.gitignore && \
+		.venv-stock-pillow/bin/pip install -q pillow==13.0.0 \
+			"$$(grep -i '^msgspec==' requirements.lock)" && \
+		touch .venv-stock-pillow/.installed; \
+	} || { echo "bench-pillow: could not build .venv-stock-pillow (stock Pillow 13.0.0)"; exit 1; }
+	$(BIN)/python -m bench.pillow_compare --stock-python .venv-stock-pillow/bin/python $(BENCH_ARGS)
+
+# thumbor requires stock Pillow, so it gets its own venv too (never $(VENV)).
+bench-peers: $(STAMP)
+	@test -f .venv-thumbor/.installed || { \
+		rm -rf .venv-thumbor && $(PYTHON) -m venv .venv-thumbor && \
+		echo '*' > .venv-thumbor/.gitignore && \
+		.venv-thumbor/bin/pip install -q thumbor==7.8.0 pillow==12.3.0 && \
+		.venv-thumbor/bin/thumbor --version && touch .venv-thumbor/.installed; \
+	} || { echo "bench-peers: thumbor 7.8.0 does not install or run with $(PYTHON)" \
+		"($$($(PYTHON) --version 2>&1)); see pip's error above"; exit 1; }
+	$(BIN)/python -m bench.peers --thumbor .venv-thumbor/bin/thumbor $(BENCH_ARGS)

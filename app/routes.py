@@ -133,16 +133,20 @@ async def submit_job() -> Response:
 @blueprint.get("/jobs/<job_id>")
 async def get_job(job_id: str) -> Response:
     """The job; with `?wait=N` (seconds, up to 60), first wait until it has finished."""
-    record = await _record(job_id)
     wait_s = _wait_seconds(request.args.get("wait"))
+    record = await _record(job_id)
     if wait_s and record.status not in TERMINAL:
-        service = current_service()
+        pool = current_service().pool
         with trio.move_on_after(wait_s):
             while record.status not in TERMINAL:
-                # Re-read now and then: another server process may have run the job.
-                with trio.move_on_after(WAIT_RECHECK_S):
-                    await service.pool.wait_finished(record.id)
-                record = await _record(record.id)
+                with pool.watch(record.id) as finished:
+                    # Watching before reading: an end in between cannot be missed.
+                    record = await _record(record.id)
+                    if record.status in TERMINAL:
+                        break
+                    # Re-read now and then: another server process may have run the job.
+                    with trio.move_on_after(WAIT_RECHECK_S):
+                        await finished.wait()
     return json_response(job_view(record))
 
 

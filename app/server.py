@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from app import errors
 from app.application import ImgJobsApp
 from app.logs import configure_logging, log_event
-from app.routes import blueprint, json_response
+from app.routes import MAX_WAIT_S, blueprint, json_response
 from app.service import open_service
 from app.settings import Settings, load_settings
 
@@ -120,7 +120,9 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_grace_s
     config.keep_alive_timeout = 5
-    config.read_timeout = 30
+    # Longer than the longest long-poll (GET /jobs/{id}?wait=60) so none is cut; slow
+    # request bodies are bounded by BODY_TIMEOUT instead.
+    config.read_timeout = int(MAX_WAIT_S) + 30
     config.accesslog = None
     config.include_server_header = False  # no library names or versions in responses
     # Through the root handler, so hypercorn's lines are JSON like ours.

@@ -14,6 +14,9 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -124,19 +127,26 @@ class WorkerPool:
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self._finished: dict[str, trio.Event] = {}
+        self._watchers: Counter[str] = Counter()
 
-    async def wait_finished(self, job_id: str) -> None:
-        """Wait until a worker of this process ends `job_id` (completed or failed).
+    @contextmanager
+    def watch(self, job_id: str) -> Iterator[trio.Event]:
+        """An event set when a worker of this process ends `job_id` (completed or failed).
 
+        Register before reading the job's row, so that an end in between is not missed.
         Jobs finished by another server process sharing the database are not seen here:
         callers re-read the row now and then.
         """
         event = self._finished.setdefault(job_id, trio.Event())
+        self._watchers[job_id] += 1
         try:
-            await event.wait()
+            yield event
         finally:
-            if not event.is_set() and event.statistics().tasks_waiting == 0:
-                self._finished.pop(job_id, None)
+            self._watchers[job_id] -= 1
+            if self._watchers[job_id] == 0:
+                del self._watchers[job_id]
+                if self._finished.get(job_id) is event:
+                    del self._finished[job_id]
 
     def _announce(self, job_id: str) -> None:
         event = self._finished.pop(job_id, None)

@@ -1,0 +1,1 @@
+"""Benchmarks of imgjobs, each a runnable module: ``python -m bench.<topic> --help``."""

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from pathlib import Path
 
 import msgspec
 
-__all__ = ["MachineCpu", "ProcessSampler", "ResourceUsage", "children", "machine_cpu"]
+__all__ = [
+    "MachineCpu",
+    "ProcessSampler",
+    "Quiet",
+    "ResourceUsage",
+    "children",
+    "machine_cpu",
+    "wait_for_quiet",
+]
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
@@ -31,6 +40,27 @@ def machine_cpu() -> MachineCpu:
     ticks = [int(x) for x in fields[:8]]  # guest time is already counted in user
     idle = ticks[3] + ticks[4]
     return MachineCpu(busy_s=(sum(ticks) - idle) / TICKS_PER_S, total_s=sum(ticks) / TICKS_PER_S)
+
+
+class Quiet(msgspec.Struct, frozen=True, kw_only=True):
+    """Before a measurement, wait up to ``max_wait_s`` for the machine to be this idle."""
+
+    below_pct: float
+    max_wait_s: float
+
+
+def wait_for_quiet(quiet: Quiet, window_s: float = 1.0) -> float:
+    """Block until the machine's CPU use over ``window_s`` is below ``quiet.below_pct`` (or
+    ``quiet.max_wait_s`` has passed); returns the last reading, % of all cores."""
+    deadline = time.monotonic() + quiet.max_wait_s
+    while True:
+        before = machine_cpu()
+        time.sleep(window_s)
+        after = machine_cpu()
+        total = after.total_s - before.total_s
+        busy = 100 * (after.busy_s - before.busy_s) / total if total > 0 else 0.0
+        if busy < quiet.below_pct or time.monotonic() >= deadline:
+            return round(busy, 1)
 
 
 def own_children_cpu_s() -> float:

@@ -105,3 +105,13 @@ def test_the_body_limit_fits_a_base64_image_of_the_upload_limit() -> None:
     settings = Settings(max_upload_bytes=3_000_000)
     assert body_limit(settings) >= 4_000_000 + 1024
     assert body_limit(settings) < 4_000_000 * 1.1
+
+
+def test_hypercorn_never_cuts_the_longest_long_poll() -> None:
+    from app.routes import MAX_WAIT_S
+    from app.server import hypercorn_config
+
+    config = hypercorn_config(Settings())
+    assert config.read_timeout is not None
+    assert config.read_timeout > MAX_WAIT_S
+    assert config.include_server_header is False

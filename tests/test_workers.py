@@ -166,3 +166,18 @@ async def test_requeue_queues_pending_rows_once_and_recovers_dead_claims(
     async with running(h):
         await h.wait_until(lambda: h.store.statuses()["completed"] == 2)
     assert h.runner.calls == {"orphan-pending": 1, "orphan-claimed": 1}
+
+
+async def test_a_watch_registered_before_the_end_sees_it_and_leaves_nothing_behind(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = Harness(tmp_path, 1)
+    [job_id] = await h.submit(1)
+    with h.pool.watch(job_id) as finished, h.pool.watch(job_id) as same:
+        assert finished is same
+        async with running(h):
+            with trio.fail_after(100):
+                await finished.wait()
+        assert h.store.rows[job_id].status == "completed"
+    assert h.pool._finished == {}
+    assert not h.pool._watchers

@@ -1,0 +1,248 @@
+"""Load on a running imgjobs server: N concurrent jobs over real HTTP, and probes meanwhile.
+
+Each job is one task: ``POST /jobs`` (JSON with base64, a raw ``image/*`` body, or a
+multipart form), then ``GET /jobs/{id}?wait=30`` until the job is completed or failed
+(long-poll, never a tight loop). Alongside, ``serve_probes`` calls ``GET /health`` and
+``GET /jobs/{id}`` every ~50 ms to see how the API answers under that load.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import httpx
+import msgspec
+import trio
+
+from bench.workloads import Workload
+
+__all__ = [
+    "BatchResult",
+    "JobResult",
+    "Payload",
+    "Probes",
+    "Upload",
+    "make_payload",
+    "open_client",
+    "run_batch",
+    "serve_probes",
+]
+
+Upload = Literal["json", "raw", "multipart"]
+TERMINAL = frozenset({"completed", "failed"})
+LONG_POLL_S = 30
+# A job is given up after this many long-polls (30 s each): bounded even if a job hangs.
+MAX_POLLS = 20
+PROBE_INTERVAL_S = 0.05
+MAX_PROBES = 50_000
+_MEDIA_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+
+
+class Payload(msgspec.Struct, frozen=True, kw_only=True):
+    """A ready-to-send ``POST /jobs`` (encoded once, sent N times)."""
+
+    upload: Upload
+    content: bytes
+    media_type: str
+    fields: dict[str, str]
+
+    def request(self) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.AsyncClient.post``."""
+        if self.upload == "json":
+            return {"content": self.content, "headers": {"Content-Type": "application/json"}}
+        if self.upload == "raw":
+            return {
+                "content": self.content,
+                "params": self.fields,
+                "headers": {"Content-Type": self.media_type},
+            }
+        return {
+            "files": {"image": ("upload", self.content, self.media_type)},
+            "data": self.fields,
+        }
+
+
+def make_payload(
+    workload: Workload, data: bytes, upload: Upload, output_format: str | None = None
+) -> Payload:
+    media_type = next(
+        (kind for magic, kind in _MEDIA_TYPES.items() if data.startswith(magic)),
+        "application/octet-stream",
+    )
+    fields = {
+        "operation": workload.operation,
+        "width": str(workload.width),
+        "height": str(workload.height),
+    }
+    if output_format is not None:
+        fields["output_format"] = output_format
+    if upload == "json":
+        body: dict[str, Any] = {
+            "image_data": base64.b64encode(data).decode("ascii"),
+            "operation": workload.operation,
+            "width": workload.width,
+            "height": workload.height,
+        }
+        if output_format is not None:
+            body["output_format"] = output_format
+        content = msgspec.json.encode(body)
+    else:
+        content = data
+    return Payload(upload=upload, content=content, media_type=media_type, fields=fields)
+
+
+class JobResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One job as the client saw it; times in ms, ``done_s`` from the batch's start."""
+
+    job_id: str
+    status: str
+    submit_ms: float
+    e2e_ms: float
+    done_s: float
+    error: str = ""
+    result_width: int | None = None
+    result_height: int | None = None
+    dropped_polls: int = 0  # long-polls the server closed without an answer
+
+
+class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
+    jobs: list[JobResult]
+    wall_s: float  # first submit to last completion
+
+    @property
+    def completed(self) -> list[JobResult]:
+        return [job for job in self.jobs if job.status == "completed"]
+
+    @property
+    def failures(self) -> list[JobResult]:
+        return [job for job in self.jobs if job.status != "completed"]
+
+
+class Probes(msgspec.Struct, kw_only=True):
+    """Latencies (ms) of the API calls made while the batch ran, and what went wrong."""
+
+    health_ms: list[float] = msgspec.field(default_factory=list)
+    status_ms: list[float] = msgspec.field(default_factory=list)
+    errors: list[str] = msgspec.field(default_factory=list)
+
+
+def open_client(base_url: str, connections: int) -> httpx.AsyncClient:
+    """A client for one server on loopback; never reads proxy settings from the environment."""
+    if not base_url.startswith(("http://127.0.0.1:", "http://localhost:", "http://[::1]:")):
+        raise ValueError(f"benchmarks only talk to loopback, not {base_url}")
+    return httpx.AsyncClient(
+        base_url=base_url,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        timeout=httpx.Timeout(LONG_POLL_S + 30.0),
+        trust_env=False,
+    )
+
+
+def _failed(job_id: str, started: float, t0: float, submit_ms: float, error: str) -> JobResult:
+    now = time.perf_counter()
+    return JobResult(
+        job_id=job_id,
+        status="error",
+        submit_ms=submit_ms,
+        e2e_ms=(now - started) * 1000,
+        done_s=now - t0,
+        error=error,
+    )
+
+
+async def run_job(
+    client: httpx.AsyncClient, payload: Payload, t0: float, ids: list[str]
+) -> JobResult:
+    """Submit one job and long-poll it to the end."""
+    started = time.perf_counter()
+    try:
+        response = await client.post("/jobs", **payload.request())
+    except httpx.HTTPError as exc:
+        return _failed("", started, t0, 0.0, f"POST /jobs: {exc!r}")
+    submit_ms = (time.perf_counter() - started) * 1000
+    if response.status_code != 202:
+        error = f"POST /jobs answered {response.status_code}: {response.text[:200]}"
+        return _failed("", started, t0, submit_ms, error)
+    job_id = str(response.json()["job_id"])
+    ids.append(job_id)
+    view: dict[str, Any] = {}
+    dropped = 0
+    for _ in range(MAX_POLLS):
+        try:
+            polled = await client.get(f"/jobs/{job_id}", params={"wait": str(LONG_POLL_S)})
+        except httpx.TransportError:
+            # A client would poll again; counted, since it means the server cut a long-poll.
+            dropped += 1
+            continue
+        view = polled.json()
+        if view.get("status") in TERMINAL:
+            break
+    done = time.perf_counter()
+    status = str(view.get("status", "unknown"))
+    problem: dict[str, Any] = view.get("error") or {}
+    return JobResult(
+        job_id=job_id,
+        status=status if status in TERMINAL else f"stuck-{status}",
+        submit_ms=submit_ms,
+        e2e_ms=(done - started) * 1000,
+        done_s=done - t0,
+        error=f"{problem.get('code')}: {problem.get('message')}" if problem else "",
+        result_width=view.get("result_width"),
+        result_height=view.get("result_height"),
+        dropped_polls=dropped,
+    )
+
+
+async def run_batch(
+    client: httpx.AsyncClient,
+    payload: Payload,
+    count: int,
+    *,
+    ids: list[str] | None = None,
+    on_done: Callable[[JobResult], None] | None = None,
+) -> BatchResult:
+    """``count`` jobs at once, each submitted and then waited for by its own task."""
+    results: list[JobResult] = []
+    known = ids if ids is not None else []
+    t0 = time.perf_counter()
+
+    async def one() -> None:
+        result = await run_job(client, payload, t0, known)
+        results.append(result)
+        if on_done is not None:
+            on_done(result)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+    wall = max((job.done_s for job in results), default=0.0)
+    return BatchResult(jobs=results, wall_s=wall)
+
+
+async def serve_probes(
+    client: httpx.AsyncClient,
+    ids: list[str],
+    probes: Probes,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Every ~50 ms, alternately GET /health and GET /jobs/{latest id}, until cancelled."""
+    task_status.started()
+    for n in range(MAX_PROBES):
+        path = "/health" if n % 2 == 0 or not ids else f"/jobs/{ids[-1]}"
+        started = time.perf_counter()
+        try:
+            response = await client.get(path)
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status_code != 200:
+                probes.errors.append(f"GET {path} answered {response.status_code}")
+            elif path == "/health":
+                probes.health_ms.append(elapsed)
+            else:
+                probes.status_ms.append(elapsed)
+        except httpx.HTTPError as exc:
+            probes.errors.append(f"GET {path}: {exc!r}")
+        await trio.sleep(max(PROBE_INTERVAL_S - (time.perf_counter() - started), 0.005))
