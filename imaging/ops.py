@@ -36,7 +36,7 @@ REDUCING_GAP: Final = 2.0
 
 #: JPEG ``draft()``: decode at the smallest DCT scale still at least this many times the
 #: target size. Chosen by measurement (see process.py).
-DRAFT_GAP: Final = 1.5
+DRAFT_GAP: Final = 1.25
 
 WHITE: Final = (255, 255, 255)
 

@@ -31,7 +31,7 @@ mate__Gulp.png RGBA 1920x1200       resize 300x200   16 images/s
    and saved baseline at quality 90 (``/tmp/sweep/photo4000.jpg`` when measured).
 
 Progressive JPEGs gain little from ``draft()`` (every scan is still decoded); a resize that
-shrinks one axis less than 2 x 1.5 gets no DCT scaling at all (both axes must allow it).
+shrinks one axis less than 2 x 1.25 gets no DCT scaling at all (both axes must allow it).
 
 Quality: PSNR of ``process`` (PNG output) against full decode + stock LANCZOS, as checked by
 ``tests/test_imaging_process.py``: Elephants.jpg resize 200x200 47.6 dB, Path resize 800x600
@@ -43,8 +43,10 @@ How ``ops.DRAFT_GAP`` and ``ops.REDUCING_GAP`` were chosen: after a JPEG draft, 
 shrinks the rest of the way by a factor between DRAFT_GAP and 2 x DRAFT_GAP. The worst PSNR
 over five corpus-sized JPEGs by that factor was 35.2 dB at 1.0, 36.8 at 1.25, 39.8 at 1.5,
 42.8 at 2.0. DRAFT_GAP = 1.0 (what ``draft(None, target)`` gives) would make the 4000x3000 ->
-800x600 case 20 images/s instead of 15, but at 35-37 dB: no margin. 1.5 keeps about 40 dB
-worst case and is never slower than 2.0. For images without DCT scaling, REDUCING_GAP = 2.0
+800x600 case 20 images/s instead of 15, but at 35-37 dB: no margin. 1.25 keeps 36.8 dB
+worst case (37.0 dB for that 4000x3000 case) and lets a 2560x1600 -> 800x600 resize decode
+at half scale (1.5 did not: 800 < 1.5 x 600), 5.0 -> 5.8 images/s with PNG output, 43 dB.
+For images without DCT scaling, REDUCING_GAP = 2.0
 resamples Patak 5120x2880 RGBA -> 800x450 in 18.5 ms (55.0 dB) against 33 ms without
 reduction and 29.8 ms (56.9 dB) at 3.0; Path RGB -> 200x125 in 2.0 ms (48.6 dB) against 8.9 ms.
 """
