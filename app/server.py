@@ -16,7 +16,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
-from quart import Response
+from quart import Response, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 from app import errors
@@ -31,6 +31,7 @@ __all__ = ["create_app", "hypercorn_config", "serve"]
 # What a JSON envelope around the base64 image may add (keys, a data: prefix, line breaks).
 BODY_SLACK_BYTES = 64 * 1024
 PROBLEM_JSON = "application/problem+json"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def body_limit(settings: Settings) -> int:
@@ -40,8 +41,14 @@ def body_limit(settings: Settings) -> int:
 
 
 def render(error: errors.ServiceError) -> Response:
+    headers = error.headers()
+    if has_request_context() and request.method in BODY_METHODS:
+        # The body may be unread (refused from its headers, or mid-stream): without this,
+        # the connection would stall with the client still sending. httpx, curl and
+        # browsers read the answer when the server closes early.
+        headers["Connection"] = "close"
     return json_response(
-        error.problem(), status=error.status, headers=error.headers(), content_type=PROBLEM_JSON
+        error.problem(), status=error.status, headers=headers, content_type=PROBLEM_JSON
     )
 
 

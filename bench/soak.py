@@ -96,13 +96,18 @@ async def soak(
                         missing_retry_after += 1
 
             async def prober() -> None:
+                # A client of its own: the submitters' connection pool is always busy.
+                async with httpx.AsyncClient(base_url=server.url, timeout=60) as own:
+                    await probe_until_done(own)
+
+            async def probe_until_done(own: httpx.AsyncClient) -> None:
                 while not done_submitting.is_set():
                     began = time.perf_counter()
-                    await client.get("/health")
+                    await own.get("/health")
                     health_ms.append((time.perf_counter() - began) * 1000)
                     if accepted:
                         began = time.perf_counter()
-                        await client.get(f"/jobs/{accepted[-1]}")
+                        await own.get(f"/jobs/{accepted[-1]}")
                         status_ms.append((time.perf_counter() - began) * 1000)
                     memory = process_memory_mib(server.pid)
                     if memory:
