@@ -22,6 +22,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from app.application import ImgJobsApp
 from app.server import create_app, hypercorn_config
 from app.settings import Settings
+from tests.conftest import GOOD
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,6 +193,13 @@ async def submit(client: httpx.AsyncClient, image: Path | bytes, **params: Any) 
     assert response.status_code == 202, response.text
     job_id: str = response.json()["job_id"]
     return job_id
+
+
+async def submit_slow(client: httpx.AsyncClient) -> str:
+    """A job that keeps a worker busy for a good second (a 5120x2880 PNG to a big PNG)."""
+    return await submit(
+        client, GOOD / "plasma__Patak__5120x2880.png", width=4000, height=2000, output_format="png"
+    )
 
 
 async def wait_done(client: httpx.AsyncClient, job_id: str, *, timeout_s: float = 60) -> Any:

@@ -16,7 +16,7 @@ import trio
 from PIL import Image
 
 from tests.conftest import BAD, GOOD
-from tests.servers import job_body, make_settings, open_server, submit, wait_done
+from tests.servers import job_body, make_settings, open_server, submit, submit_slow, wait_done
 
 ELEPHANTS = GOOD / "mate__Elephants.jpg"
 HOPPER_PNG = GOOD / "skimage__camera.png"
@@ -410,13 +410,7 @@ async def test_delete_cancels_a_running_job_and_the_pool_goes_on(tmp_path: Path)
         open_server(settings) as server,
         httpx.AsyncClient(base_url=server.url, timeout=60) as client,
     ):
-        slow = await submit(
-            client,
-            GOOD / "plasma__Patak__5120x2880.png",
-            width=4000,
-            height=2000,
-            output_format="png",
-        )
+        slow = await submit_slow(client)
         queued = await submit(client, HOPPER_PNG, width=20, height=20)
         with trio.fail_after(30):
             while (await client.get(f"/jobs/{slow}")).json()["status"] != "processing":

@@ -23,7 +23,7 @@ from app.workers import WorkerPool
 from tests import procs
 from tests.conftest import GOOD
 from tests.fakes import FakeStorage, record
-from tests.servers import make_settings, open_server, submit, wait_done
+from tests.servers import make_settings, open_server, submit, submit_slow, wait_done
 
 CAMERA = GOOD / "skimage__camera.png"
 T = TypeVar("T")
@@ -60,13 +60,7 @@ async def test_a_job_over_the_timeout_is_killed_and_the_next_job_runs(tmp_path: 
         open_server(settings) as server,
         httpx.AsyncClient(base_url=server.url, timeout=60) as client,
     ):
-        slow = await submit(
-            client,
-            GOOD / "plasma__Patak__5120x2880.png",
-            width=4000,
-            height=2000,
-            output_format="png",
-        )
+        slow = await submit_slow(client)
         after = await submit(client, CAMERA, width=32, height=32)
         job = await wait_done(client, slow)
         assert job["status"] == "failed"
