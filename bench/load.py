@@ -17,6 +17,7 @@ import httpx
 import msgspec
 import trio
 
+from bench.http import LeanConnection, LeanResponse
 from bench.workloads import Workload
 
 __all__ = [
@@ -156,15 +157,28 @@ def _failed(job_id: str, started: float, t0: float, submit_ms: float, error: str
 async def run_job(
     client: httpx.AsyncClient, payload: Payload, t0: float, ids: list[str]
 ) -> JobResult:
-    """Submit one job and long-poll it to the end."""
+    """Submit one job and long-poll it to the end (on a lean connection of its own,
+    except for multipart forms, which go through httpx)."""
+    if payload.upload == "multipart":
+        return await _run_job(client, payload, t0, ids)
+    connection = LeanConnection(str(client.base_url))
+    try:
+        return await _run_job(connection, payload, t0, ids)
+    finally:
+        await connection.aclose()
+
+
+async def _run_job(
+    client: httpx.AsyncClient | LeanConnection, payload: Payload, t0: float, ids: list[str]
+) -> JobResult:
     started = time.perf_counter()
     try:
-        response = await client.post("/jobs", **payload.request())
-    except httpx.HTTPError as exc:
+        response = await _post_job(client, payload)
+    except (httpx.HTTPError, OSError, trio.BrokenResourceError) as exc:
         return _failed("", started, t0, 0.0, f"POST /jobs: {exc!r}")
     submit_ms = (time.perf_counter() - started) * 1000
     if response.status_code != 202:
-        error = f"POST /jobs answered {response.status_code}: {response.text[:200]}"
+        error = f"POST /jobs answered {response.status_code}: {response.content[:200]!r}"
         return _failed("", started, t0, submit_ms, error)
     job_id = str(response.json()["job_id"])
     ids.append(job_id)
@@ -172,8 +186,8 @@ async def run_job(
     dropped = 0
     for _ in range(MAX_POLLS):
         try:
-            polled = await client.get(f"/jobs/{job_id}", params={"wait": str(LONG_POLL_S)})
-        except httpx.TransportError:
+            polled = await _get(client, f"/jobs/{job_id}", {"wait": str(LONG_POLL_S)})
+        except (httpx.TransportError, OSError, trio.BrokenResourceError):
             # A client would poll again; counted, since it means the server cut a long-poll.
             dropped += 1
             continue
@@ -194,6 +208,32 @@ async def run_job(
         result_height=view.get("result_height"),
         dropped_polls=dropped,
     )
+
+
+async def _post_job(
+    client: httpx.AsyncClient | LeanConnection, payload: Payload
+) -> httpx.Response | LeanResponse:
+    if isinstance(client, httpx.AsyncClient):
+        return await client.post("/jobs", **payload.request())
+    if payload.upload == "json":
+        return await client.request(
+            "POST", "/jobs", body=payload.content, content_type="application/json"
+        )
+    return await client.request(
+        "POST",
+        "/jobs",
+        params=payload.fields,
+        body=payload.content,
+        content_type=payload.media_type,
+    )
+
+
+async def _get(
+    client: httpx.AsyncClient | LeanConnection, path: str, params: dict[str, str]
+) -> httpx.Response | LeanResponse:
+    if isinstance(client, httpx.AsyncClient):
+        return await client.get(path, params=params)
+    return await client.request("GET", path, params=params)
 
 
 async def run_batch(
