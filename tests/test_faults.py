@@ -149,7 +149,7 @@ async def test_a_slow_client_cannot_hold_a_request_forever(tmp_path: Path) -> No
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Any:
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        pytest.skip(reason="mounting a small tmpfs needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
