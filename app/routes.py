@@ -22,7 +22,7 @@ from app.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from app.models import Health, JobError, JobView, PoolResize, PoolView
+from app.models import Health, JobError, JobSubmitted, JobView, PoolResize, PoolView
 from app.store import JobRecord
 
 __all__ = ["blueprint", "json_response"]
@@ -124,7 +124,7 @@ async def submit_job() -> Response:
             f" `image` file part) or a raw image/* body, not {mimetype or 'nothing'}"
         )
     return json_response(
-        {"job_id": record.id, "status": "pending", "message": "Image processing job submitted"},
+        JobSubmitted(job_id=record.id),
         status=202,
         headers={"Location": f"/jobs/{record.id}"},
     )

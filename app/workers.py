@@ -25,7 +25,7 @@ import trio
 
 import imaging
 from app.errors import InvalidField, QueueFull, UnprocessableImage, UnsupportedFormat
-from app.logs import log_event
+from app.logs import log_event, monotonic_ms
 from app.queue import JobQueue
 from app.runner import Runner
 from app.settings import Settings
@@ -262,7 +262,7 @@ class WorkerPool:
                     width=outcome.width,
                     height=outcome.height,
                     bytes=outcome.bytes,
-                    processing_ms=round((time.monotonic() - started) * 1000, 1),
+                    processing_ms=monotonic_ms(started),
                 )
             else:
                 code, message = outcome
@@ -274,7 +274,7 @@ class WorkerPool:
                     operation=record.operation,
                     code=code,
                     message=message,
-                    processing_ms=round((time.monotonic() - started) * 1000, 1),
+                    processing_ms=monotonic_ms(started),
                 )
             self._announce(job_id)
         except trio.Cancelled:
