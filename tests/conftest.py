@@ -15,6 +15,11 @@ BAD = CORPUS / "bad"
 
 def corpus_files(folder: Path) -> list[Path]:
     """Every image of a corpus folder, manifest and licences left out."""
+    if not folder.is_dir():
+        raise pytest.UsageError(
+            f"the test corpus is not at {folder}: put shared/ beside the repository "
+            "or set IMGJOBS_CORPUS to the corpus folder"
+        )
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".tsv")
 
 
