@@ -30,7 +30,8 @@ class LeanResponse:
 
 
 class LeanConnection:
-    """One connection to a loopback server; reconnects when the server closed it."""
+    """One connection to a loopback server; reconnects when the server closed it or a
+    request failed half-way."""
 
     def __init__(self, base_url: str) -> None:
         parts = urlsplit(base_url)
@@ -65,7 +66,21 @@ class LeanConnection:
         if body or method in ("POST", "PUT"):
             head += f"Content-Length: {len(body)}\r\n"
         try:
-            await self._stream.send_all(head.encode() + b"\r\n")
+            return await self._exchange(head.encode() + b"\r\n", body)
+        except BaseException:
+            # Half a request or half an answer may be left on it: the next request reconnects.
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        if self._stream is not None:
+            self._stream.socket.close()  # synchronous: safe in a cancelled task's cleanup
+            self._stream = None
+
+    async def _exchange(self, head: bytes, body: bytes) -> LeanResponse:
+        assert self._stream is not None
+        try:
+            await self._stream.send_all(head)
             if body:
                 await self._stream.send_all(body)
         except trio.BrokenResourceError:

@@ -3,7 +3,11 @@
 Each job is one task: ``POST /jobs`` (JSON with base64, a raw ``image/*`` body, or a
 multipart form), then ``GET /jobs/{id}?wait=30`` until the job is completed or failed
 (long-poll, never a tight loop). Alongside, ``serve_probes`` calls ``GET /health`` and
-``GET /jobs/{id}`` every ~50 ms to see how the API answers under that load.
+``GET /jobs/{id}`` every ~50 ms to see how the API answers under that load, and
+``serve_submit_probes`` uploads a 1 MB JPEG every 500 ms (then deletes the job) once all the
+batch's POSTs are answered: the submit latency under full load, apart from the burst's own.
+Probes and jobs (but multipart forms) use ``bench.http.LeanConnection``: httpx would cost
+this process, on the same cores as the server, a few ms of CPU per request.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "open_client",
     "run_batch",
     "serve_probes",
+    "serve_submit_probes",
 ]
 
 Upload = Literal["json", "raw", "multipart"]
@@ -38,7 +43,10 @@ LONG_POLL_S = 30
 # A job is given up after this many long-polls (30 s each): bounded even if a job hangs.
 MAX_POLLS = 20
 PROBE_INTERVAL_S = 0.05
+SUBMIT_PROBE_INTERVAL_S = 0.5
 MAX_PROBES = 50_000
+# What a lean request can raise: connection trouble, or an answer it cannot parse.
+LEAN_ERRORS = (OSError, trio.BrokenResourceError, ValueError)
 _MEDIA_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 
 
@@ -127,6 +135,7 @@ class Probes(msgspec.Struct, kw_only=True):
 
     health_ms: list[float] = msgspec.field(default_factory=list)
     status_ms: list[float] = msgspec.field(default_factory=list)
+    submit_ms: list[float] = msgspec.field(default_factory=list)  # once the batch is all in
     errors: list[str] = msgspec.field(default_factory=list)
 
 
@@ -155,27 +164,40 @@ def _failed(job_id: str, started: float, t0: float, submit_ms: float, error: str
 
 
 async def run_job(
-    client: httpx.AsyncClient, payload: Payload, t0: float, ids: list[str]
+    client: httpx.AsyncClient,
+    payload: Payload,
+    t0: float,
+    ids: list[str],
+    on_submitted: Callable[[], None],
 ) -> JobResult:
     """Submit one job and long-poll it to the end (on a lean connection of its own,
-    except for multipart forms, which go through httpx)."""
+    except for multipart forms, which go through httpx).
+
+    ``on_submitted`` is called once the POST is over, whether it was accepted or not.
+    """
     if payload.upload == "multipart":
-        return await _run_job(client, payload, t0, ids)
+        return await _run_job(client, payload, t0, ids, on_submitted)
     connection = LeanConnection(str(client.base_url))
     try:
-        return await _run_job(connection, payload, t0, ids)
+        return await _run_job(connection, payload, t0, ids, on_submitted)
     finally:
         await connection.aclose()
 
 
 async def _run_job(
-    client: httpx.AsyncClient | LeanConnection, payload: Payload, t0: float, ids: list[str]
+    client: httpx.AsyncClient | LeanConnection,
+    payload: Payload,
+    t0: float,
+    ids: list[str],
+    on_submitted: Callable[[], None],
 ) -> JobResult:
     started = time.perf_counter()
     try:
         response = await _post_job(client, payload)
     except (httpx.HTTPError, OSError, trio.BrokenResourceError) as exc:
         return _failed("", started, t0, 0.0, f"POST /jobs: {exc!r}")
+    finally:
+        on_submitted()
     submit_ms = (time.perf_counter() - started) * 1000
     if response.status_code != 202:
         error = f"POST /jobs answered {response.status_code}: {response.content[:200]!r}"
@@ -243,14 +265,26 @@ async def run_batch(
     *,
     ids: list[str] | None = None,
     on_done: Callable[[JobResult], None] | None = None,
+    submitted: trio.Event | None = None,
 ) -> BatchResult:
-    """``count`` jobs at once, each submitted and then waited for by its own task."""
+    """``count`` jobs at once, each submitted and then waited for by its own task.
+
+    ``submitted`` is set once every POST is over (answered, or failed): from then on the
+    queue holds the backlog and no more uploads of the batch compete with a probe's.
+    """
     results: list[JobResult] = []
     known = ids if ids is not None else []
+    answered = 0
     t0 = time.perf_counter()
 
+    def one_submitted() -> None:
+        nonlocal answered
+        answered += 1
+        if answered == count and submitted is not None:
+            submitted.set()
+
     async def one() -> None:
-        result = await run_job(client, payload, t0, known)
+        result = await run_job(client, payload, t0, known, one_submitted)
         results.append(result)
         if on_done is not None:
             on_done(result)
@@ -263,26 +297,77 @@ async def run_batch(
 
 
 async def serve_probes(
-    client: httpx.AsyncClient,
+    base_url: str,
     ids: list[str],
     probes: Probes,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Every ~50 ms, alternately GET /health and GET /jobs/{latest id}, until cancelled."""
+    connection = LeanConnection(base_url)
     task_status.started()
-    for n in range(MAX_PROBES):
-        path = "/health" if n % 2 == 0 or not ids else f"/jobs/{ids[-1]}"
-        started = time.perf_counter()
-        try:
-            response = await client.get(path)
-            elapsed = (time.perf_counter() - started) * 1000
-            if response.status_code != 200:
-                probes.errors.append(f"GET {path} answered {response.status_code}")
-            elif path == "/health":
-                probes.health_ms.append(elapsed)
-            else:
-                probes.status_ms.append(elapsed)
-        except httpx.HTTPError as exc:
-            probes.errors.append(f"GET {path}: {exc!r}")
-        await trio.sleep(max(PROBE_INTERVAL_S - (time.perf_counter() - started), 0.005))
+    try:
+        for n in range(MAX_PROBES):
+            path = "/health" if n % 2 == 0 or not ids else f"/jobs/{ids[-1]}"
+            started = time.perf_counter()
+            try:
+                response = await connection.request("GET", path)
+                elapsed = (time.perf_counter() - started) * 1000
+                if response.status_code != 200:
+                    probes.errors.append(f"GET {path} answered {response.status_code}")
+                elif path == "/health":
+                    probes.health_ms.append(elapsed)
+                else:
+                    probes.status_ms.append(elapsed)
+            except LEAN_ERRORS as exc:
+                probes.errors.append(f"GET {path}: {exc!r}")
+            await trio.sleep(max(PROBE_INTERVAL_S - (time.perf_counter() - started), 0.005))
+    finally:
+        await connection.aclose()
+
+
+async def serve_submit_probes(
+    base_url: str,
+    payload: Payload,
+    loaded: trio.Event,
+    probes: Probes,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Once ``loaded`` is set, every 500 ms POST ``payload`` and DELETE the job it made,
+    until cancelled.
+
+    Deleting at once keeps the probe's jobs from adding work for the workers; only the POST
+    (send to answer) is timed.
+    """
+    connection = LeanConnection(base_url)
+    task_status.started()
+    try:
+        await loaded.wait()
+        for _ in range(MAX_PROBES):
+            started = time.perf_counter()
+            await _probe_submit(connection, payload, probes)
+            await trio.sleep(max(SUBMIT_PROBE_INTERVAL_S - (time.perf_counter() - started), 0.005))
+    finally:
+        await connection.aclose()
+
+
+async def _probe_submit(connection: LeanConnection, payload: Payload, probes: Probes) -> None:
+    started = time.perf_counter()
+    try:
+        response = await _post_job(connection, payload)
+        elapsed = (time.perf_counter() - started) * 1000
+        if response.status_code != 202:
+            probes.errors.append(f"POST /jobs answered {response.status_code}")
+            return
+        probes.submit_ms.append(elapsed)
+        job_id = str(response.json().get("job_id", ""))
+    except LEAN_ERRORS as exc:
+        probes.errors.append(f"POST /jobs: {exc!r}")
+        return
+    try:
+        deleted = await connection.request("DELETE", f"/jobs/{job_id}")
+        if deleted.status_code != 204:
+            probes.errors.append(f"DELETE /jobs/{job_id} answered {deleted.status_code}")
+    except LEAN_ERRORS as exc:
+        probes.errors.append(f"DELETE /jobs/{job_id}: {exc!r}")

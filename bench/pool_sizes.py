@@ -3,15 +3,21 @@
 For each workload: first the ceiling (``bench.ceiling``: ``imaging.process`` in 1..cores
 plain processes), then for each pool size a fresh ``python -m app`` (fresh temporary
 folders, PORT=0 on 127.0.0.1) that gets ``pool size`` warm-up jobs (spawning its worker
-processes; not counted) and then N jobs at once over real HTTP (httpx under trio, N
-concurrent tasks, each ``POST /jobs`` then ``GET /jobs/{id}?wait=30`` until done).
-Meanwhile ``GET /jobs/{id}`` and ``GET /health`` are timed every ~50 ms, and /proc is
-sampled for the CPU and peak RSS of the server and its workers (and the CPU other
+processes; not counted) and then N jobs at once over real HTTP (``bench.http``'s minimal
+client under trio, N concurrent tasks, each ``POST /jobs`` then ``GET /jobs/{id}?wait=30``
+until done). Meanwhile ``GET /jobs/{id}`` and ``GET /health`` are timed every ~50 ms, and
+/proc is sampled for the CPU and peak RSS of the server and its workers (and the CPU other
 processes took: this machine is shared, so that is the noise; each measurement first
 waits, for at most ``--quiet-wait-s``, until the machine is below ``--quiet-below`` %
-busy). Per point it reports jobs/s (N / first submit to last completion), end-to-end,
-submit and probe latencies, the server's own queue_wait_ms / processing_ms log figures, and
+busy). Per point it reports jobs/s (N / first submit to last completion), end-to-end and
+probe latencies, the server's own queue_wait_ms / processing_ms log figures, and
 **efficiency = service jobs/s / ceiling images/s at min(pool size, cores) processes**.
+Two submit latencies: "burst submit" is the ``POST /jobs`` of the N jobs, all sent at the
+same instant, so it includes the burst's own queueing; "1 MB submit under load" is a raw
+upload of ``mate__Elephants.jpg`` (1 MB, resize 200x200, job deleted at once) every 500 ms
+from the moment all N POSTs are answered (the queue holds the backlog, every worker is
+busy) until the batch ends: the issue's "under full load, submit p50 <= 10 ms for a 1 MB
+image".
 Then the PSNR of one result (and of a PNG-output twin) against full decode + LANCZOS.
 
 Run from the project root (on 2 cores about 8 minutes with the defaults, ``--quick`` about

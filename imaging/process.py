@@ -64,6 +64,7 @@ from PIL import Image, ImageFile
 from imaging import codec, ops
 from imaging.codec import DEFAULT_ALLOWED_FORMATS, OutputFormat
 from imaging.errors import ImageTooLarge, translate_pillow_errors
+from imaging.memory import configure_memory
 
 __all__ = ["JobSpec", "Result", "configure_pillow", "process"]
 
@@ -94,13 +95,15 @@ def configure_pillow(max_pixels: int) -> None:
 
     Pillow's own decompression-bomb check then rejects anything over ``max_pixels`` when it
     opens a file or a frame (its warning band becomes an error); truncated data stays an
-    error. Called by :func:`process` on entry, so a worker is configured by its first job
-    (again only if ``max_pixels`` changes). This mutates global state: never call it in the
-    web server process.
+    error; freed image memory is kept for reuse (:mod:`imaging.memory`). Called by
+    :func:`process` on entry, so a worker is configured by its first job (again only if
+    ``max_pixels`` changes). This mutates global state: never call it in the web server
+    process.
     """
     if max_pixels != Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
         ImageFile.LOAD_TRUNCATED_IMAGES = False
+    configure_memory()
     bomb_is_error = any(
         action == "error" and category is Image.DecompressionBombWarning
         for action, _, category, _, _ in warnings.filters
