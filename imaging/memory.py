@@ -19,7 +19,7 @@ import sys
 
 from PIL import Image
 
-__all__ = ["configure_memory", "pillow_blocks_max"]
+__all__ = ["configure_memory", "pillow_blocks_max", "tune_malloc"]
 
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -38,6 +38,12 @@ def configure_memory() -> bool:
         return True  # done already: this runs before every job
     # What Pillow's own PILLOW_BLOCKS_MAX environment variable sets at import.
     Image.core.set_blocks_max(PILLOW_BLOCKS_MAX)  # type: ignore[attr-defined]
+    return tune_malloc()
+
+
+def tune_malloc() -> bool:
+    """Serve allocations of up to `MMAP_THRESHOLD_BYTES` from the heap, and keep up to
+    `TRIM_THRESHOLD_BYTES` of freed heap; False where there is no glibc `mallopt`."""
     if not sys.platform.startswith("linux"):
         return False
     try:
