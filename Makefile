@@ -12,7 +12,8 @@ DEBIAN_PACKAGES := gcc make zlib1g-dev libjpeg62-turbo-dev libwebp-dev libtiff-d
 # pillow-simd builds SSE4 code by default; AVX2 where the CPU has it.
 SIMD_CFLAGS := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo -mavx2)
 
-.PHONY: all run test lint typecheck pytest system setup clean bench bench-pillow bench-peers
+.PHONY: all run test lint typecheck pytest system setup clean bench bench-pillow bench-peers \
+	bench-floor
 
 all: test
 
@@ -67,6 +68,10 @@ clean:
 # Benchmarks (see the docstring of each bench/*.py). Extra options: BENCH_ARGS="--quick".
 bench: $(STAMP)
 	$(BIN)/python -m bench.pool_sizes $(BENCH_ARGS)
+
+# What hypercorn + quart-trio cost per job with handlers that do nothing: the best efficiency.
+bench-floor: $(STAMP)
+	$(BIN)/python -m bench.floor $(BENCH_ARGS)
 
 # Stock Pillow (pinned) in a venv of its own, never in $(VENV): the ceiling under both.
 bench-pillow: $(STAMP)
