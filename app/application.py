@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import cast
 
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import current_app
 from quart_trio import QuartTrio
 
+from app.admission import UploadGate
 from app.service import Service
 from app.settings import Settings
 
@@ -14,10 +16,21 @@ __all__ = ["ImgJobsApp", "current_service"]
 
 
 class ImgJobsApp(QuartTrio):
-    """A QuartTrio app that carries its settings and, while serving, its service."""
+    """A QuartTrio app that carries its settings and, while serving, its service; request
+    bodies of POSTs (uploads) pass its upload gate."""
 
     settings: Settings
     service: Service
+    uploads: UploadGate | None = None
+
+    async def asgi_app(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if self.uploads is None or scope["type"] != "http" or scope["method"] != "POST":
+            await super().asgi_app(scope, receive, send)
+            return
+        async with self.uploads.admit(receive) as gated:
+            await super().asgi_app(scope, gated, send)
 
 
 def current_service() -> Service:

@@ -21,6 +21,7 @@ from quart import Response, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 from app import errors
+from app.admission import UploadGate
 from app.application import ImgJobsApp
 from app.logs import configure_logging, log_event
 from app.routes import MAX_WAIT_S, blueprint, json_response
@@ -34,6 +35,14 @@ BODY_SLACK_BYTES = 64 * 1024
 PROBLEM_JSON = "application/problem+json"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 RECEIVE_BYTES = 256 * 1024
+# Upload bodies streaming at once (app/admission.py). 50 uploads of 16 MB at once, pool 2:
+# the first job starts after 0.4 s instead of 2.1 s, the server spends 61-68 ms of CPU per
+# job instead of 76-84, GET /health p95 meanwhile is 9 ms instead of 100 (bench.pool_sizes).
+UPLOAD_PLACES = 2
+UPLOAD_MAX_WAIT_S = 2.0
+UPLOAD_IDLE_S = 0.1
+# hypercorn reads this many body messages ahead of the app: little for a waiting upload.
+APP_QUEUE_MESSAGES = 2
 
 
 def body_limit(settings: Settings) -> int:
@@ -99,6 +108,7 @@ def create_app(settings: Settings | None = None) -> ImgJobsApp:
     # The service stops itself within SHUTDOWN_GRACE; this is the outer deadline.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_grace_s + 10
     app.register_blueprint(blueprint)
+    app.uploads = UploadGate(UPLOAD_PLACES, max_wait_s=UPLOAD_MAX_WAIT_S, idle_s=UPLOAD_IDLE_S)
     stop = trio.Event()
     stopped = trio.Event()
 
@@ -145,6 +155,7 @@ def hypercorn_config(settings: Settings) -> Config:
     # Longer than the longest long-poll (GET /jobs/{id}?wait=60) so none is cut; slow
     # request bodies are bounded by BODY_TIMEOUT instead.
     config.read_timeout = int(MAX_WAIT_S) + 30
+    config.max_app_queue_size = APP_QUEUE_MESSAGES
     config.accesslog = None
     config.include_server_header = False  # no library names or versions in responses
     # Through the root handler, so hypercorn's lines are JSON like ours.

@@ -18,6 +18,7 @@ from PIL import Image
 
 from app.queue import JobQueue
 from app.runner import ProcessRunner, Slot
+from app.server import UPLOAD_MAX_WAIT_S, UPLOAD_PLACES
 from app.store import open_job_store
 from app.workers import WorkerPool
 from tests import procs
@@ -144,6 +145,29 @@ async def test_a_slow_client_cannot_hold_a_request_forever(tmp_path: Path) -> No
                     answer += chunk
         # Answered (408/400) or disconnected: either way the connection was not held.
         assert answer == b"" or answer.split(b" ")[1] in (b"408", b"400"), answer
+
+
+async def test_stalled_uploads_do_not_hold_other_uploads_back(tmp_path: Path) -> None:
+    # More stalled uploads than the upload gate has places: each gives its place up once
+    # it pauses, long before any waiting upload would be let through anyway.
+    data = CAMERA.read_bytes()
+    head = (
+        b"POST /jobs?operation=resize&width=10&height=10 HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: image/png\r\nContent-Length: %d\r\n\r\n" % len(data)
+    )
+    async with open_server(make_settings(tmp_path, body_timeout_s=30.0)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        stalled = []
+        for _ in range(UPLOAD_PLACES + 1):
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(head + data[: len(data) // 2])
+            stalled.append(stream)
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            with trio.fail_after(UPLOAD_MAX_WAIT_S * 0.75):
+                job_id = await submit(client, CAMERA, width=10, height=10)
+            assert (await wait_done(client, job_id))["status"] == "completed"
+        for stream in stalled:
+            await stream.aclose()
 
 
 @pytest.fixture
