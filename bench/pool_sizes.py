@@ -27,7 +27,12 @@ Run from the project root (on 2 cores about 8 minutes with the defaults, ``--qui
     python -m bench.pool_sizes --quick                  # pools 1,2,4, N=20, 2 s ceilings
     python -m bench.pool_sizes --workload path-1600 --upload json --jobs 100
     python -m bench.pool_sizes --profile                # + py-spy of the server at pool=cores
+    python -m bench.pool_sizes --pool-sizes 1,2 --repeats 3   # medians of 3 runs per point
     make bench BENCH_ARGS="--quick"
+
+With ``--repeats R`` each point is measured R times, each on a fresh server; the run with
+the median jobs/s stands for the point (all its figures come from that run) and the
+tables show the range of the R runs next to it.
 
 Prints Markdown tables (paste-ready for the README) on stdout, progress on stderr, and
 writes ``bench/results/pool_sizes-<time>.json`` (every figure and the machine), ``.md`` and
@@ -43,6 +48,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import trio
 
 from bench.ceiling import CeilingPoint, parse_counts, run_ceiling
@@ -83,6 +89,7 @@ class Options(argparse.Namespace):
     output: Path | None
     quiet_below: float
     quiet_wait_s: float
+    repeats: int
 
 
 def parse_options(argv: Sequence[str] | None) -> Options:
@@ -100,6 +107,12 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument("--pool-sizes", type=parse_counts, default=[1, 2, 4, 8, 16])
     parser.add_argument("--jobs", type=int, default=50, help="N: concurrent jobs per point")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="batches per point, each on a fresh server; the point shown is the median run",
+    )
     parser.add_argument("--upload", choices=["json", "raw", "multipart"], default="raw")
     parser.add_argument("--ceiling-duration-s", type=float, default=5.0)
     parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling")
@@ -129,6 +142,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         options.ceiling_duration_s = min(options.ceiling_duration_s, 2.0)
     if options.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if options.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if options.profile and py_spy() is None:
         parser.error("--profile needs py-spy (pip install py-spy)")
     return options
@@ -166,47 +181,66 @@ async def run_workload(
     points: list[PoolPoint] = []
     quality: Quality | None = None
     for pool_size in options.pool_sizes:
-        progress.step(f"{workload.name} pool {pool_size}", options.jobs)
-        profile = (
-            prefix.with_name(f"{prefix.name}-profile-{workload.name}-pool{pool_size}.txt")
-            if options.profile and pool_size == min(cores, max(options.pool_sizes))
-            else None
-        )
-
-        def done(job: JobResult) -> None:
-            progress.advance()
-
-        if quiet is not None:
-            await trio.to_thread.run_sync(wait_for_quiet, quiet)
-        try:
-            point, outputs = await measure_service(
-                workload,
-                data,
-                pool_size=pool_size,
-                jobs=options.jobs,
-                upload=options.upload,
-                ceiling=ceiling,
-                cores=cores,
-                on_done=done,
-                profile_to=profile,
-                keep_outputs=quality is None and not options.no_quality,
+        runs: list[PoolPoint] = []
+        for run_number in range(options.repeats):
+            label = f"{workload.name} pool {pool_size}"
+            if options.repeats > 1:
+                label += f" run {run_number + 1}/{options.repeats}"
+            progress.step(label, options.jobs)
+            profile = (
+                prefix.with_name(f"{prefix.name}-profile-{workload.name}-pool{pool_size}.txt")
+                if options.profile
+                and run_number == 0
+                and pool_size == min(cores, max(options.pool_sizes))
+                else None
             )
-        except (ServerError, trio.TooSlowError) as exc:
-            progress.message(f"{workload.name} pool {pool_size}: no result: {exc!r}")
-            progress.finish_step()
-            continue
-        points.append(point)
-        if outputs is not None:
-            quality = await trio.to_thread.run_sync(measure_quality, workload, data, *outputs)
-        progress.finish_step(
-            f"{point.jobs_per_s:.1f} jobs/s, efficiency {point.efficiency:.0%},"
-            f" {point.failures} failures"
-        )
-        if point.failure_samples:
-            progress.message(f"  failures: {point.failure_samples}")
-        if profile is not None:
-            progress.message(summarize(profile, wall_s=point.wall_s))
+
+            def done(job: JobResult) -> None:
+                progress.advance()
+
+            if quiet is not None:
+                await trio.to_thread.run_sync(wait_for_quiet, quiet)
+            try:
+                point, outputs = await measure_service(
+                    workload,
+                    data,
+                    pool_size=pool_size,
+                    jobs=options.jobs,
+                    upload=options.upload,
+                    ceiling=ceiling,
+                    cores=cores,
+                    on_done=done,
+                    profile_to=profile,
+                    keep_outputs=quality is None and not options.no_quality,
+                )
+            except (ServerError, trio.TooSlowError) as exc:
+                progress.message(f"{label}: no result: {exc!r}")
+                progress.finish_step()
+                continue
+            runs.append(point)
+            if outputs is not None:
+                quality = await trio.to_thread.run_sync(measure_quality, workload, data, *outputs)
+            progress.finish_step(
+                f"{point.jobs_per_s:.1f} jobs/s, efficiency {point.efficiency:.0%},"
+                f" {point.failures} failures"
+            )
+            if point.failure_samples:
+                progress.message(f"  failures: {point.failure_samples}")
+            if profile is not None:
+                progress.message(summarize(profile, wall_s=point.wall_s))
+        if runs:
+            points.append(median_run(runs))
     return ceiling, points, quality
+
+
+def median_run(runs: Sequence[PoolPoint]) -> PoolPoint:
+    """The run with the median jobs/s (the lower one of an even count), which carries the
+    jobs/s of every run: on a shared machine one batch can be 10% off either way."""
+    ranked = sorted(runs, key=lambda point: point.jobs_per_s)
+    middle = ranked[(len(ranked) - 1) // 2]
+    if len(runs) == 1:
+        return middle
+    return msgspec.structs.replace(middle, runs_jobs_per_s=[p.jobs_per_s for p in runs])
 
 
 async def run(options: Options, prefix: Path) -> RunReport:
@@ -215,7 +249,9 @@ async def run(options: Options, prefix: Path) -> RunReport:
     machine = describe_machine()
     source = source_revision()
     workloads = [WORKLOADS[name] for name in options.workload or DEFAULT_WORKLOADS]
-    steps = len(workloads) * (len(options.pool_sizes) + (0 if options.no_ceiling else 1))
+    steps = len(workloads) * (
+        len(options.pool_sizes) * options.repeats + (0 if options.no_ceiling else 1)
+    )
     progress = Progress(steps)
     progress.message(f"pool_sizes: {summary_line(machine)}")
     ceiling: list[CeilingPoint] = []

@@ -60,6 +60,15 @@ class PoolPoint(msgspec.Struct, frozen=True, kw_only=True):
     usage: ResourceUsage
     server_exit_code: int | None
     profile: str = ""
+    # With --repeats: jobs/s of every run of this point; the point is the median run.
+    runs_jobs_per_s: list[float] = msgspec.field(default_factory=list)
+
+    def jobs_cell(self) -> str:
+        """jobs/s, with the range of the runs when there were several."""
+        text = _num(self.jobs_per_s)
+        if len(self.runs_jobs_per_s) > 1:
+            text += f" ({_num(min(self.runs_jobs_per_s))}-{_num(max(self.runs_jobs_per_s))})"
+        return text
 
 
 class Quality(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,7 +163,7 @@ def throughput_table(points: Sequence[PoolPoint]) -> str:
         [
             p.workload,
             str(p.pool_size),
-            _num(p.jobs_per_s) + (" *" if p.usage.foreign_cpu_pct > NOISY_PCT else ""),
+            p.jobs_cell() + (" *" if p.usage.foreign_cpu_pct > NOISY_PCT else ""),
             f"{_num(p.ceiling_images_per_s)} ({p.ceiling_processes})",
             f"{p.efficiency:.0%}" if not math.isnan(p.efficiency) else "-",
             p.e2e_ms.brief(),
@@ -214,8 +223,8 @@ def scaling_table(points: Sequence[PoolPoint]) -> str:
         rows.append(
             [
                 name,
-                _num(one),
-                _num(two),
+                mine[1].jobs_cell() if 1 in mine else "-",
+                mine[2].jobs_cell() if 2 in mine else "-",
                 f"{ratio(two, one):.2f}x" if not math.isnan(ratio(two, one)) else "-",
                 f"{mine[2].efficiency:.0%}"
                 if 2 in mine and not math.isnan(mine[2].efficiency)
