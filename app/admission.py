@@ -8,7 +8,10 @@ stream at a time; the others wait, and their bytes stay in the kernel's socket b
 (hypercorn reads only `max_app_queue_size` messages ahead of the app).
 
 Nothing can hold the gate shut: a client that pauses gives its place up, and no body
-waits for a place longer than `max_wait_s`, after which it streams like any other.
+waits for a place longer than `max_wait_s`, after which it streams like any other. A
+request answered before its body was read (503 when the queue is full, 413, 415) stops
+waiting at once: hypercorn closes such a connection only after the app has taken the
+messages it queued, so a body held back past its answer would hold the connection too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+)
 
 __all__ = ["UploadGate"]
 
@@ -33,12 +41,21 @@ class UploadGate:
         self._idle_s = idle_s
 
     @asynccontextmanager
-    async def admit(self, receive: ASGIReceiveCallable) -> AsyncIterator[ASGIReceiveCallable]:
-        """A `receive` that first waits for a place; the place is given back when the body
-        has all come, when the client pauses for `idle_s`, or at the latest on exit."""
+    async def admit(
+        self, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> AsyncIterator[tuple[ASGIReceiveCallable, ASGISendCallable]]:
+        """A `receive` that first waits for a place, and the `send` to answer with. The
+        place is given back when the body has all come, when the client pauses for
+        `idle_s`, or at the latest on exit; the wait ends when the answer starts."""
         body = _GatedBody(self._places, receive, max_wait_s=self._max_wait_s, idle_s=self._idle_s)
+
+        async def answer(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.start":
+                body.answered()
+            await send(message)
+
         try:
-            yield body.receive
+            yield body.receive, answer
         finally:
             body.leave()
 
@@ -58,11 +75,16 @@ class _GatedBody:
         self._idle_s = idle_s
         self._waited = False
         self._holding = False
+        self._waiting = trio.CancelScope()
+
+    def answered(self) -> None:
+        """The answer has started: the body, if still waiting, need not wait any more."""
+        self._waiting.cancel()
 
     async def receive(self) -> ASGIReceiveEvent:
         if not self._waited:
             self._waited = True
-            with trio.move_on_after(self._max_wait_s):
+            with self._waiting, trio.move_on_after(self._max_wait_s):
                 await self._places.acquire()
                 self._holding = True
         if not self._holding:

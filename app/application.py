@@ -29,8 +29,8 @@ class ImgJobsApp(QuartTrio):
         if self.uploads is None or scope["type"] != "http" or scope["method"] != "POST":
             await super().asgi_app(scope, receive, send)
             return
-        async with self.uploads.admit(receive) as gated:
-            await super().asgi_app(scope, gated, send)
+        async with self.uploads.admit(receive, send) as (gated_receive, answer):
+            await super().asgi_app(scope, gated_receive, answer)
 
 
 def current_service() -> Service:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from hypercorn.typing import ASGIReceiveEvent, HTTPRequestEvent
+from hypercorn.typing import ASGIReceiveEvent, ASGISendEvent, HTTPRequestEvent
 
 from app.admission import UploadGate
 
@@ -15,6 +15,10 @@ MAX_WAIT_S = 2.0
 
 def chunk(more: bool = True) -> HTTPRequestEvent:
     return {"type": "http.request", "body": b"x", "more_body": more}
+
+
+async def discard(message: ASGISendEvent) -> None:
+    pass
 
 
 def gate(places: int = 1) -> UploadGate:
@@ -36,7 +40,7 @@ async def test_a_body_waits_until_the_one_streaming_has_all_come(
     order: list[str] = []
 
     async def upload(name: str, receive: trio.MemoryReceiveChannel[ASGIReceiveEvent]) -> None:
-        async with uploads.admit(receive.receive) as gated:
+        async with uploads.admit(receive.receive, discard) as (gated, _):
             while (await gated()).get("more_body", False):
                 order.append(name)
             order.append(f"{name} done")
@@ -63,8 +67,8 @@ async def test_two_places_let_two_bodies_stream_at_once(
     send_a.send_nowait(chunk())
     send_b.send_nowait(chunk())
     async with (
-        uploads.admit(receive_a.receive) as gated_a,
-        uploads.admit(receive_b.receive) as gated_b,
+        uploads.admit(receive_a.receive, discard) as (gated_a, _),
+        uploads.admit(receive_b.receive, discard) as (gated_b, _),
     ):
         with trio.fail_after(IDLE_S / 2):  # virtual time: no waiting for a place at all
             await gated_a()
@@ -80,12 +84,12 @@ async def test_a_paused_client_gives_its_place_up(autojump_clock: trio.testing.M
     b_done_at: list[float] = []
 
     async def paused_upload() -> None:
-        async with uploads.admit(receive_a.receive) as gated:
+        async with uploads.admit(receive_a.receive, discard) as (gated, _):
             await gated()
             await gated()  # the client sends nothing more for a while
 
     async def next_upload() -> None:
-        async with uploads.admit(receive_b.receive) as gated:
+        async with uploads.admit(receive_b.receive, discard) as (gated, _):
             await gated()
             b_done_at.append(trio.current_time())
 
@@ -108,10 +112,10 @@ async def test_no_body_waits_for_a_place_longer_than_max_wait(
     send_b, receive_b = body()
     send_a.send_nowait(chunk())
     send_b.send_nowait(chunk(more=False))
-    async with uploads.admit(receive_a.receive) as holder:
+    async with uploads.admit(receive_a.receive, discard) as (holder, _):
         await holder()  # holds the place: its app is not asking for more yet
         start = trio.current_time()
-        async with uploads.admit(receive_b.receive) as waiting:
+        async with uploads.admit(receive_b.receive, discard) as (waiting, _):
             with trio.fail_after(MAX_WAIT_S + 1):
                 await waiting()
         assert trio.current_time() - start == MAX_WAIT_S
@@ -123,12 +127,35 @@ async def test_leaving_early_gives_the_place_back(autojump_clock: trio.testing.M
     send_b, receive_b = body()
     send_a.send_nowait(chunk())
     send_b.send_nowait(chunk(more=False))
-    async with uploads.admit(receive_a.receive) as answered_early:
+    async with uploads.admit(receive_a.receive, discard) as (answered_early, _):
         await answered_early()  # e.g. refused after the first chunk: the rest is never read
     start = trio.current_time()
-    async with uploads.admit(receive_b.receive) as gated:
+    async with uploads.admit(receive_b.receive, discard) as (gated, _):
         await gated()
     assert trio.current_time() == start
+
+
+async def test_a_body_answered_before_it_was_read_stops_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A 503 (queue full) is sent without reading the body; hypercorn closes that connection
+    # only once the app has taken what it queued, so the body must not wait for a place.
+    uploads = gate(places=1)
+    send_a, receive_a = body()
+    send_b, receive_b = body()
+    send_a.send_nowait(chunk())
+    send_b.send_nowait(chunk())
+    async with uploads.admit(receive_a.receive, discard) as (holder, _):
+        await holder()
+        start = trio.current_time()
+        async with (
+            uploads.admit(receive_b.receive, discard) as (refused, answer),
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(refused)  # Quart's reader, waiting for a place
+            await trio.testing.wait_all_tasks_blocked()
+            await answer({"type": "http.response.start", "status": 503, "headers": []})
+        assert trio.current_time() == start
 
 
 def test_a_gate_needs_a_place() -> None:
