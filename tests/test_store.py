@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from app.store import open_job_store
+from app.store import SqliteJobStore, _connect, _connect_reader, open_job_store
 from tests.fakes import record
 
 
@@ -118,3 +118,31 @@ async def test_timestamps_move_forward(tmp_path: Path) -> None:
         assert row.started_at is not None
         assert row.lease_expires_at is not None
         assert row.lease_expires_at > row.started_at + 59
+
+
+async def test_a_row_read_on_the_event_loop_sees_every_commit(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    async with open_job_store(path) as store:
+        await store.insert(record("a"))
+        first = await store.get("a")
+        assert first is not None
+        assert first.status == "pending"
+        assert await store.claim("a", owner="me", lease_s=60) is not None
+        second = await store.get("a")
+        assert second is not None
+        assert second.status == "processing"
+
+
+async def test_a_row_read_the_reader_cannot_make_goes_through_the_store_thread(
+    tmp_path: Path,
+) -> None:
+    # Any OperationalError of the reader (busy, locked) falls back to the store's thread:
+    # here a reader on an empty file, which has no jobs table.
+    sqlite3.connect(tmp_path / "empty.db").close()
+    store = SqliteJobStore(_connect(tmp_path / "jobs.db"), _connect_reader(tmp_path / "empty.db"))
+    try:
+        row = record("a")
+        await store.insert(row)
+        assert await store.get("a") == row
+    finally:
+        store.close()
