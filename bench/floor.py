@@ -58,7 +58,14 @@ from bench.floor_server import FloorError, FloorServer, open_floor_server
 from bench.http import LeanConnection
 from bench.load import LONG_POLL_S, Payload, make_payload
 from bench.machine import Machine, describe_machine, summary_line
-from bench.procs import Quiet, machine_cpu, own_cpu_s, process_cpu_s, wait_for_quiet
+from bench.procs import (
+    Quiet,
+    add_quiet_options,
+    machine_cpu,
+    own_cpu_s,
+    process_cpu_s,
+    wait_for_quiet,
+)
 from bench.report import results_dir, source_revision, stamp, write_json
 from bench.stats import Progress
 from bench.workloads import WORKLOADS, corpus_dir, source_bytes
@@ -268,16 +275,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--ceiling-duration-s", type=float, default=3.0)
     parser.add_argument("--corpus", type=Path, default=corpus_dir())
     parser.add_argument("--output", type=Path, help="default bench/results/floor-<time>.json")
-    parser.add_argument(
-        "--quiet-below",
-        type=float,
-        default=25.0,
-        metavar="PCT",
-        help="before each measurement wait until the machine's CPU use is below PCT%% ...",
-    )
-    parser.add_argument(
-        "--quiet-wait-s", type=float, default=10.0, help="... for at most this long (0: never)"
-    )
+    add_quiet_options(parser)
     options = parser.parse_args(argv, namespace=Options())
     if options.jobs < 1 or options.repeats < 1:
         parser.error("--jobs and --repeats must be at least 1")

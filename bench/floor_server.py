@@ -26,6 +26,7 @@ from quart_trio import QuartTrio
 
 from app.server import hypercorn_config, read_uploads_in_bigger_chunks
 from app.settings import Settings
+from bench.procs import stop_process
 
 __all__ = ["FloorError", "FloorServer", "create_floor_app", "open_floor_server", "serve_floor"]
 
@@ -170,15 +171,9 @@ async def open_floor_server() -> AsyncIterator[FloorServer]:
             server.url = await _read_line(process)
         yield server
     finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(STOP_DEADLINE_S):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-            server.exit_code = await process.wait()
-            if process.stdout is not None:
+        server.exit_code = await stop_process(process, signal.SIGTERM, deadline_s=STOP_DEADLINE_S)
+        if process.stdout is not None:
+            with trio.CancelScope(shield=True):
                 await process.stdout.aclose()
 
 

@@ -55,7 +55,7 @@ from bench.ceiling import CeilingPoint, parse_counts, run_ceiling
 from bench.chart import draw_chart
 from bench.load import JobResult, Upload
 from bench.machine import describe_machine, summary_line
-from bench.procs import Quiet, wait_for_quiet
+from bench.procs import Quiet, add_quiet_options, wait_for_quiet
 from bench.profile import py_spy, summarize
 from bench.report import (
     PoolPoint,
@@ -121,16 +121,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the server at pool size = cores"
     )
-    parser.add_argument(
-        "--quiet-below",
-        type=float,
-        default=25.0,
-        metavar="PCT",
-        help="before each measurement wait until the machine's CPU use is below PCT%% ...",
-    )
-    parser.add_argument(
-        "--quiet-wait-s", type=float, default=10.0, help="... for at most this long (0: never)"
-    )
+    add_quiet_options(parser)
     parser.add_argument("--corpus", type=Path, default=corpus_dir())
     parser.add_argument(
         "--output", type=Path, help="file prefix (default bench/results/pool_sizes-<time>)"

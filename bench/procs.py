@@ -7,20 +7,24 @@ meanwhile (the machine is shared: that number says how noisy a figure is).
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import time
 from pathlib import Path
 
 import msgspec
+import trio
 
 __all__ = [
     "MachineCpu",
     "ProcessSampler",
     "Quiet",
     "ResourceUsage",
+    "add_quiet_options",
     "children",
     "machine_cpu",
+    "stop_process",
     "wait_for_quiet",
 ]
 
@@ -47,6 +51,34 @@ class Quiet(msgspec.Struct, frozen=True, kw_only=True):
 
     below_pct: float
     max_wait_s: float
+
+
+def add_quiet_options(parser: argparse.ArgumentParser) -> None:
+    """``--quiet-below`` and ``--quiet-wait-s``, for the commands that measure."""
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=25.0,
+        metavar="PCT",
+        help="before each measurement wait until the machine's CPU use is below PCT%% ...",
+    )
+    parser.add_argument(
+        "--quiet-wait-s", type=float, default=10.0, help="... for at most this long (0: never)"
+    )
+
+
+async def stop_process(process: trio.Process, signum: int, *, deadline_s: float) -> int:
+    """Send ``signum``, wait up to ``deadline_s``, then SIGKILL; returns the exit code.
+    Shielded: it runs to the end even in a cancelled scope's cleanup."""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.send_signal(signum)
+        with trio.move_on_after(deadline_s):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+        code = await process.wait()
+    return code
 
 
 def wait_for_quiet(quiet: Quiet, window_s: float = 1.0) -> float:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import trio
 
+from bench.procs import stop_process
+
 __all__ = ["LAYERS", "open_profile", "py_spy", "summarize"]
 
 SAMPLE_RATE = 250
@@ -99,14 +101,7 @@ async def open_profile(pid: int, output: Path) -> AsyncIterator[Path]:
     try:
         yield output
     finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGINT)
-            with trio.move_on_after(STOP_DEADLINE_S):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await stop_process(process, signal.SIGINT, deadline_s=STOP_DEADLINE_S)
 
 
 def _stacks(path: Path) -> list[tuple[str, list[str], int]]:
