@@ -21,12 +21,12 @@ class ImgJobsApp(QuartTrio):
 
     settings: Settings
     service: Service
-    uploads: UploadGate | None = None
+    uploads: UploadGate
 
     async def asgi_app(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if self.uploads is None or scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST":
             await super().asgi_app(scope, receive, send)
             return
         async with self.uploads.admit(receive, send) as (gated_receive, answer):

@@ -1,10 +1,11 @@
 """The web stack's own floor: server and client CPU per job when the handlers do nothing.
 
-A minimal QuartTrio app, defined here (no imgjobs code in the request path), has the
-service's two job routes: ``POST /jobs`` reads the raw body to its end and discards it,
-then answers 202 ``{"job_id": ...}``; ``GET /jobs/<id>`` answers 200 with a completed job
-view at once. It runs under hypercorn's trio worker in a child process
-(``bench.floor_server``, 127.0.0.1, a free port) with the real server's settings:
+A minimal QuartTrio app (``bench.floor_server``: none of imgjobs' work in the request
+path, only its wire types and JSON responses) has the service's two job routes:
+``POST /jobs`` reads the raw body to its end and discards it, then answers 202
+``{"job_id": ...}``; ``GET /jobs/<id>`` answers 200 with a completed job view at once.
+It runs under hypercorn's trio worker in a child process (127.0.0.1, a free port) with
+the real server's settings:
 ``app.server.hypercorn_config`` and ``read_uploads_in_bigger_chunks`` (256 KiB reads).
 
 The load is ``bench.pool_sizes``'s: per job a fresh ``bench.http.LeanConnection``, the

@@ -19,11 +19,12 @@ from functools import partial
 from pathlib import Path
 
 import hypercorn.trio
-import msgspec
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from app.models import JobSubmitted, JobView
+from app.routes import json_response
 from app.server import hypercorn_config, read_uploads_in_bigger_chunks
 from app.settings import Settings
 from bench.procs import stop_process
@@ -42,32 +43,6 @@ class FloorError(Exception):
     """The floor server did not start, or answered a job other than as it always does."""
 
 
-class Submitted(msgspec.Struct, frozen=True, kw_only=True):
-    """The floor's 202: the same keys as the service's ``JobSubmitted``."""
-
-    job_id: str
-    status: str = "pending"
-    message: str = "Image processing job submitted"
-
-
-class View(msgspec.Struct, frozen=True, kw_only=True):
-    """The floor's 200: shaped like the service's ``JobView`` of a completed job."""
-
-    id: str
-    status: str
-    input_path: str
-    output_path: str
-    operation: str
-    width: int
-    height: int
-    output_format: str
-    created_at: datetime.datetime
-    updated_at: datetime.datetime
-    result_width: int
-    result_height: int
-    result_bytes: int
-
-
 def create_floor_app() -> QuartTrio:
     """The service's job routes with handlers that do nothing but read and answer."""
     app = QuartTrio(__name__)
@@ -75,12 +50,6 @@ def create_floor_app() -> QuartTrio:
     # As create_app() sets them, so Quart does the same per-request work.
     app.config["BODY_TIMEOUT"] = Settings().body_timeout_s
     app.config["RESPONSE_TIMEOUT"] = 60
-    encoder = msgspec.json.Encoder()
-
-    def json_response(body: msgspec.Struct, status: int, **headers: str) -> Response:
-        return Response(
-            encoder.encode(body), status=status, headers=headers, content_type="application/json"
-        )
 
     @app.post("/jobs")
     async def submit_job() -> Response:
@@ -90,12 +59,14 @@ def create_floor_app() -> QuartTrio:
         if received != request.content_length:
             return Response(b"", status=400)
         job_id = str(uuid.uuid4())
-        return json_response(Submitted(job_id=job_id), 202, Location=f"/jobs/{job_id}")
+        return json_response(
+            JobSubmitted(job_id=job_id), 202, headers={"Location": f"/jobs/{job_id}"}
+        )
 
     @app.get("/jobs/<job_id>")
     async def get_job(job_id: str) -> Response:
         now = datetime.datetime.now(datetime.UTC)
-        view = View(
+        view = JobView(
             id=job_id,
             status="completed",
             input_path=f"uploads/{job_id}.jpg",
@@ -110,7 +81,7 @@ def create_floor_app() -> QuartTrio:
             result_height=113,
             result_bytes=9_000,
         )
-        return json_response(view, 200)
+        return json_response(view)
 
     return app
 

@@ -1,4 +1,4 @@
-"""Process-wide memory settings that make image work (and big request bodies) cheaper.
+"""Process-wide memory settings that make image work cheaper; set once per worker process.
 
 Decoding and resampling allocate and free large buffers on every image. By default glibc
 serves any allocation over 128 KiB with a fresh `mmap`, and Pillow gives every image block
@@ -6,7 +6,7 @@ back at once, so each image pays for thousands of page faults on memory it had a
 ago. Measured here (one process, pillow-simd AVX2, median of 20 jobs,
 ``.venv/bin/python`` on the benchmark workloads): Elephants 1920x1080 resize 200x200 65.5
 -> 45.6 ms, Path 2560x1600 resize 800x600 38.6 -> 20.9 ms, Gulp PNG 64 -> 54 ms, Elephants
-5640x3172 thumbnail 647 -> 578 ms; and h11 parsing a 16 MB body in 1 MiB reads 28 -> 4 ms.
+5640x3172 thumbnail 647 -> 578 ms.
 
 What is kept for reuse is bounded: at most `PILLOW_BLOCKS_MAX` image blocks, and free
 heap over `TRIM_THRESHOLD_BYTES` goes back to the system.
@@ -19,7 +19,7 @@ import sys
 
 from PIL import Image
 
-__all__ = ["configure_memory", "pillow_blocks_max", "tune_malloc"]
+__all__ = ["configure_memory", "pillow_blocks_max"]
 
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -38,10 +38,10 @@ def configure_memory() -> bool:
         return True  # done already: this runs before every job
     # What Pillow's own PILLOW_BLOCKS_MAX environment variable sets at import.
     Image.core.set_blocks_max(PILLOW_BLOCKS_MAX)  # type: ignore[attr-defined]
-    return tune_malloc()
+    return _tune_malloc()
 
 
-def tune_malloc() -> bool:
+def _tune_malloc() -> bool:
     """Serve allocations of up to `MMAP_THRESHOLD_BYTES` from the heap, and keep up to
     `TRIM_THRESHOLD_BYTES` of freed heap; False where there is no glibc `mallopt`."""
     if not sys.platform.startswith("linux"):

@@ -25,10 +25,14 @@ def gate(places: int = 1) -> UploadGate:
     return UploadGate(places, max_wait_s=MAX_WAIT_S, idle_s=IDLE_S)
 
 
-def body() -> tuple[
-    trio.MemorySendChannel[ASGIReceiveEvent], trio.MemoryReceiveChannel[ASGIReceiveEvent]
-]:
-    return trio.open_memory_channel[ASGIReceiveEvent](10)
+def body(
+    *arrived: ASGIReceiveEvent,
+) -> tuple[trio.MemorySendChannel[ASGIReceiveEvent], trio.MemoryReceiveChannel[ASGIReceiveEvent]]:
+    """A request body as hypercorn queues it, with the messages that have `arrived` so far."""
+    send, receive = trio.open_memory_channel[ASGIReceiveEvent](10)
+    for message in arrived:
+        send.send_nowait(message)
+    return send, receive
 
 
 async def test_a_body_waits_until_the_one_streaming_has_all_come(
@@ -62,10 +66,8 @@ async def test_two_places_let_two_bodies_stream_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     uploads = gate(places=2)
-    send_a, receive_a = body()
-    send_b, receive_b = body()
-    send_a.send_nowait(chunk())
-    send_b.send_nowait(chunk())
+    _, receive_a = body(chunk())
+    _, receive_b = body(chunk())
     async with (
         uploads.admit(receive_a.receive, discard) as (gated_a, _),
         uploads.admit(receive_b.receive, discard) as (gated_b, _),
@@ -77,10 +79,8 @@ async def test_two_places_let_two_bodies_stream_at_once(
 
 async def test_a_paused_client_gives_its_place_up(autojump_clock: trio.testing.MockClock) -> None:
     uploads = gate(places=1)
-    send_a, receive_a = body()
-    send_b, receive_b = body()
-    send_a.send_nowait(chunk())
-    send_b.send_nowait(chunk(more=False))
+    send_a, receive_a = body(chunk())
+    _, receive_b = body(chunk(more=False))
     b_done_at: list[float] = []
 
     async def paused_upload() -> None:
@@ -108,10 +108,8 @@ async def test_no_body_waits_for_a_place_longer_than_max_wait(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     uploads = gate(places=1)
-    send_a, receive_a = body()
-    send_b, receive_b = body()
-    send_a.send_nowait(chunk())
-    send_b.send_nowait(chunk(more=False))
+    _, receive_a = body(chunk())
+    _, receive_b = body(chunk(more=False))
     async with uploads.admit(receive_a.receive, discard) as (holder, _):
         await holder()  # holds the place: its app is not asking for more yet
         start = trio.current_time()
@@ -123,10 +121,8 @@ async def test_no_body_waits_for_a_place_longer_than_max_wait(
 
 async def test_leaving_early_gives_the_place_back(autojump_clock: trio.testing.MockClock) -> None:
     uploads = gate(places=1)
-    send_a, receive_a = body()
-    send_b, receive_b = body()
-    send_a.send_nowait(chunk())
-    send_b.send_nowait(chunk(more=False))
+    _, receive_a = body(chunk())
+    _, receive_b = body(chunk(more=False))
     async with uploads.admit(receive_a.receive, discard) as (answered_early, _):
         await answered_early()  # e.g. refused after the first chunk: the rest is never read
     start = trio.current_time()
@@ -141,10 +137,8 @@ async def test_a_body_answered_before_it_was_read_stops_waiting(
     # A 503 (queue full) is sent without reading the body; hypercorn closes that connection
     # only once the app has taken what it queued, so the body must not wait for a place.
     uploads = gate(places=1)
-    send_a, receive_a = body()
-    send_b, receive_b = body()
-    send_a.send_nowait(chunk())
-    send_b.send_nowait(chunk())
+    _, receive_a = body(chunk())
+    _, receive_b = body(chunk())
     async with uploads.admit(receive_a.receive, discard) as (holder, _):
         await holder()
         start = trio.current_time()
