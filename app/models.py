@@ -8,21 +8,34 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from imaging.codec import Description
+from imaging.document import Document, Output, Step
+
 __all__ = [
+    "Description",
+    "Document",
+    "DryRun",
     "Health",
     "JobError",
+    "JobRequest",
     "JobStatus",
     "JobSubmitted",
     "JobView",
     "Operation",
+    "Output",
     "OutputFormat",
+    "PlannedOutput",
     "PoolResize",
     "PoolView",
+    "ProbeRequest",
+    "Step",
     "SubmitRequest",
     "UploadParameters",
 ]
 
 Operation = Literal["resize", "thumbnail"]
+#: What a job's row says it does: one of the seed's operations, or a chain of steps.
+JobKind = Literal["resize", "thumbnail", "steps"]
 OutputFormat = Literal["jpeg", "png"]
 JobStatus = Literal["pending", "processing", "completed", "failed"]
 Dimension = Annotated[int, Meta(ge=1)]
@@ -36,6 +49,25 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     width: Dimension
     height: Dimension
     output_format: Literal["jpeg", "jpg", "png"] | None = None
+
+
+class JobRequest(Document, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `POST /jobs` as a job document: steps and output, base64 image inside.
+
+    The seed's fields are named here only to answer a mix of both forms with a clear 400.
+    """
+
+    image_data: str
+    operation: str | None = None
+    width: int | None = None
+    height: int | None = None
+    output_format: str | None = None
+
+
+class ProbeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of `POST /probe` as JSON: just the base64 image."""
+
+    image_data: str
 
 
 class UploadParameters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,7 +99,7 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status: JobStatus
     input_path: str
     output_path: str
-    operation: Operation
+    operation: JobKind
     width: int
     height: int
     output_format: OutputFormat
@@ -77,6 +109,24 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     result_width: int | None = None
     result_height: int | None = None
     result_bytes: int | None = None
+    steps: list[Step] | None = None
+    output: Output | None = None
+
+
+class PlannedOutput(msgspec.Struct, frozen=True, kw_only=True):
+    """What a job would produce; `exact` is false when a `trim` makes the size depend on
+    the pixels (the size is then the most it can be)."""
+
+    format: OutputFormat
+    width: int
+    height: int
+    exact: bool = True
+
+
+class DryRun(msgspec.Struct, frozen=True, kw_only=True):
+    """Body of `POST /jobs?dry_run=true`: the planned outputs, by variant name."""
+
+    variants: dict[str, PlannedOutput]
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,8 +22,19 @@ from app.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from app.models import Health, JobError, JobSubmitted, JobView, PoolResize, PoolView
+from app.models import (
+    Document,
+    DryRun,
+    Health,
+    JobError,
+    JobSubmitted,
+    JobView,
+    PoolResize,
+    PoolView,
+    ProbeRequest,
+)
 from app.store import JobRecord
+from app.submissions import JobPlan, decode_image_data
 
 __all__ = ["blueprint", "json_response"]
 
@@ -88,7 +99,15 @@ def job_view(record: JobRecord) -> JobView:
         result_width=record.result_width if completed else None,
         result_height=record.result_height if completed else None,
         result_bytes=record.result_bytes if completed else None,
+        **_document_view(record.spec),
     )
+
+
+def _document_view(spec: bytes | None) -> dict[str, Any]:
+    if spec is None:
+        return {}
+    document = msgspec.json.decode(spec, type=Document)
+    return {"steps": document.steps, "output": document.output}
 
 
 def _timestamp(unix: float) -> datetime:
@@ -97,27 +116,29 @@ def _timestamp(unix: float) -> datetime:
 
 @blueprint.post("/jobs")
 async def submit_job() -> Response:
-    """Submit a job: JSON with a base64 image (the seed's contract), a multipart form with
-    an `image` file part, or the raw image as the body with parameters in the query."""
+    """Submit a job: JSON with a base64 image (the seed's five fields, or a job document), a
+    multipart form with an `image` file part, or the raw image as the body, with the seed's
+    parameters or a `spec` document in the query (or form). With `?dry_run=true`, answer
+    what the job would produce (200) and create nothing."""
     service = current_service()
+    parameters = request.args.to_dict()
+    dry_run = _flag(parameters.pop("dry_run", None), "dry_run")
     mimetype = request.mimetype
     if mimetype == "application/json":
-        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        if not body:
-            raise MalformedJSON("the request body is empty; expected a JSON object")
+        body = await _json_body()
+        if dry_run:
+            return _dry_run((await service.check_json(body))[0])
         record = await service.submit_json(body)
     elif mimetype == "multipart/form-data":
-        files = await request.files
-        form = await request.form
-        part = files.get("image")
-        if part is None:
-            raise InvalidField("the multipart form needs a file part named `image`")
-        record = await service.submit_bytes(part.read(), form.to_dict())
-    elif mimetype.startswith("image/") or mimetype == "application/octet-stream":
-        limit = service.settings.max_upload_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"the image exceeds the upload limit of {limit} bytes")
-        record = await service.submit_stream(request.body, request.args.to_dict())
+        data, form = await _multipart_image()
+        if dry_run:
+            return _dry_run(await service.check_bytes(data, form))
+        record = await service.submit_bytes(data, form)
+    elif _is_raw(mimetype):
+        _check_length()
+        if dry_run:
+            return _dry_run(await service.plan_stream(request.body, parameters))
+        record = await service.submit_stream(request.body, parameters)
     else:
         raise UnsupportedMediaType(
             "POST /jobs takes application/json (base64 image), multipart/form-data (an"
@@ -128,6 +149,72 @@ async def submit_job() -> Response:
         status=202,
         headers={"Location": f"/jobs/{record.id}"},
     )
+
+
+@blueprint.post("/probe")
+async def probe_upload() -> Response:
+    """What an upload is (format, displayed size, orientation, frames...), creating nothing:
+    the same upload forms as `POST /jobs`, without a job description."""
+    service = current_service()
+    mimetype = request.mimetype
+    if mimetype == "application/json":
+        try:
+            body = msgspec.json.decode(await _json_body(), type=ProbeRequest)
+        except msgspec.ValidationError as exc:
+            raise InvalidField(f"invalid request: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+        limit = service.settings.max_upload_bytes
+        description = await service.describe(decode_image_data(body.image_data, limit))
+    elif mimetype == "multipart/form-data":
+        description = await service.describe((await _multipart_image())[0])
+    elif _is_raw(mimetype):
+        _check_length()
+        description = await service.describe_stream(request.body)
+    else:
+        raise UnsupportedMediaType(
+            "POST /probe takes application/json (base64 `image_data`), multipart/form-data"
+            f" (an `image` file part) or a raw image/* body, not {mimetype or 'nothing'}"
+        )
+    return json_response(description)
+
+
+def _is_raw(mimetype: str) -> bool:
+    return mimetype.startswith("image/") or mimetype == "application/octet-stream"
+
+
+def _check_length() -> None:
+    limit = current_service().settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the image exceeds the upload limit of {limit} bytes")
+
+
+async def _json_body() -> bytes:
+    body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    if not body:
+        raise MalformedJSON("the request body is empty; expected a JSON object")
+    return body
+
+
+async def _multipart_image() -> tuple[bytes, dict[str, str]]:
+    files = await request.files
+    form = await request.form
+    part = files.get("image")
+    if part is None:
+        raise InvalidField("the multipart form needs a file part named `image`")
+    return part.read(), form.to_dict()
+
+
+def _flag(text: str | None, name: str) -> bool:
+    if text is None or text.lower() in ("false", "0"):
+        return False
+    if text.lower() in ("true", "1", ""):
+        return True
+    raise InvalidField(f"{name} must be true or false, not {text[:32]!r}")
+
+
+def _dry_run(plan: JobPlan) -> Response:
+    return json_response(DryRun(variants={"default": plan.planned()}))
 
 
 @blueprint.get("/jobs/<job_id>")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -24,10 +26,20 @@ from app.runner import ProcessRunner, WorkerSetup
 from app.settings import Settings
 from app.storage import LocalStorage
 from app.store import JobRecord, JobStore, open_job_store
-from app.submissions import JobPlan, check_upload, extension_of, parse_json, parse_parameters
+from app.submissions import (
+    JobPlan,
+    check_upload,
+    describe_upload,
+    extension_of,
+    parse_json,
+    parse_parameters,
+)
 from app.workers import WorkerPool
+from imaging import Description
 
 __all__ = ["Service", "open_service"]
+
+T = TypeVar("T")
 
 # How often pending rows that no queue holds (left by a restart, a full queue at start-up,
 # or a dead server sharing the database) are looked for.
@@ -61,21 +73,26 @@ class Service:
         self.stopping = True
         self.pool.stop()
 
-    async def submit_json(self, body: bytes) -> JobRecord:
-        """The seed service's JSON body, base64 image inside."""
+    async def check_json(self, body: bytes) -> tuple[JobPlan, bytes]:
+        """A JSON body with a base64 image (the seed's, or a job document), checked."""
         if len(body) <= INLINE_PARSE_BYTES:
-            plan, data = parse_json(body, self.settings)
-        else:  # base64 and JSON decoding of megabytes would stall every other request
-            plan, data = await trio.to_thread.run_sync(parse_json, body, self.settings)
+            order, data = parse_json(body, self.settings)
+            return check_upload(data, order, self.settings), data
+        # base64 and JSON decoding of megabytes would stall every other request
+        order, data = await trio.to_thread.run_sync(parse_json, body, self.settings)
+        return await self._off_loop(check_upload, data, order, self.settings), data
+
+    async def check_bytes(self, data: bytes, parameters: Mapping[str, str]) -> JobPlan:
+        """An image already in memory (a multipart file part) with its parameters, checked."""
+        order = parse_parameters(parameters, self.settings)
+        return await self._off_loop(check_upload, data, order, self.settings)
+
+    async def submit_json(self, body: bytes) -> JobRecord:
+        plan, data = await self.check_json(body)
         return await self._submit_bytes(plan, data)
 
     async def submit_bytes(self, data: bytes, parameters: Mapping[str, str]) -> JobRecord:
-        """An image already in memory (a multipart file part) with its parameters."""
-        request = parse_parameters(parameters, self.settings)
-        if len(data) <= INLINE_PARSE_BYTES:
-            plan = check_upload(data, request, self.settings)
-        else:
-            plan = await trio.to_thread.run_sync(check_upload, data, request, self.settings)
+        plan = await self.check_bytes(data, parameters)
         return await self._submit_bytes(plan, data)
 
     async def submit_stream(
@@ -86,20 +103,14 @@ class Service:
         The queue place is reserved before the body is read, so a full queue answers 503
         at once; the size limit is enforced while receiving.
         """
-        request = parse_parameters(parameters, self.settings)
+        order = parse_parameters(parameters, self.settings)
         job_id = self._new_job_id()
         with self.queue.reserve_nowait(job_id) as slot:
             temp = self.storage.temp_path(f"uploads/{job_id}")
             try:
-                with trio.move_on_after(self.settings.body_timeout_s) as receiving:
-                    size, plan = await self.storage.receive(
-                        temp,
-                        chunks,
-                        limit=self.settings.max_upload_bytes,
-                        then=partial(check_upload, request=request, settings=self.settings),
-                    )
-                if receiving.cancelled_caught:
-                    raise RequestTimeout("the request body was not received in time")
+                size, plan = await self._receive(
+                    temp, chunks, partial(check_upload, order=order, settings=self.settings)
+                )
                 key = f"uploads/{job_id}.{extension_of(plan.source_format)}"
                 await self.storage.commit(temp, key)
             except BaseException:
@@ -107,6 +118,51 @@ class Service:
                     await self.storage.discard(temp)
                 raise
             return await self._enqueue(slot, plan, key, size)
+
+    async def plan_stream(
+        self, chunks: AsyncIterable[bytes], parameters: Mapping[str, str]
+    ) -> JobPlan:
+        """A dry run of `submit_stream`: the plan, nothing stored or queued."""
+        order = parse_parameters(parameters, self.settings)
+        return await self.inspect_stream(
+            chunks, partial(check_upload, order=order, settings=self.settings)
+        )
+
+    async def describe(self, image: bytes) -> Description:
+        """`POST /probe` of an image in memory."""
+        return await self._off_loop(describe_upload, image, self.settings)
+
+    async def describe_stream(self, chunks: AsyncIterable[bytes]) -> Description:
+        """`POST /probe` of a raw body."""
+        return await self.inspect_stream(chunks, partial(describe_upload, settings=self.settings))
+
+    async def inspect_stream(self, chunks: AsyncIterable[bytes], inspect: Callable[[Path], T]) -> T:
+        """A raw image body received into a temporary file, inspected, then discarded
+        (dry runs and probes: nothing is kept, no queue place is taken)."""
+        temp = self.storage.temp_path(f"uploads/{uuid.uuid4()}")
+        try:
+            return (await self._receive(temp, chunks, inspect))[1]
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.storage.discard(temp)
+
+    async def _receive(
+        self, temp: Path, chunks: AsyncIterable[bytes], then: Callable[[Path], T]
+    ) -> tuple[int, T]:
+        with trio.move_on_after(self.settings.body_timeout_s) as receiving:
+            received = await self.storage.receive(
+                temp, chunks, limit=self.settings.max_upload_bytes, then=then
+            )
+        if receiving.cancelled_caught:
+            raise RequestTimeout("the request body was not received in time")
+        return received
+
+    @staticmethod
+    async def _off_loop(check: Callable[..., T], data: bytes, *args: object) -> T:
+        """`check(data, *args)`, on a thread when `data` is big enough to stall the loop."""
+        if len(data) <= INLINE_PARSE_BYTES:
+            return check(data, *args)
+        return await trio.to_thread.run_sync(check, data, *args)
 
     def _new_job_id(self) -> str:
         if self.stopping:
@@ -140,7 +196,7 @@ class Service:
         record = JobRecord(
             id=job_id,
             status="pending",
-            operation=plan.operation,
+            operation=plan.order.operation,
             width=plan.width,
             height=plan.height,
             output_format=plan.output_format,
@@ -149,6 +205,7 @@ class Service:
             input_bytes=size,
             created_at=now,
             updated_at=now,
+            spec=plan.order.document,
         )
         try:
             await self.store.insert(record)

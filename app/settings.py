@@ -58,6 +58,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     job_ttl_s: Annotated[float, Meta(ge=0)] = 24 * 3600.0
     # A request body must arrive within this time (slow clients cannot hold a connection).
     body_timeout_s: PositiveFloat = 60.0
+    # At most this many steps in a job document.
+    max_steps: Annotated[int, Meta(ge=1, le=100)] = 10
+    # No step may produce more pixels than this (refused at submit with 422).
+    max_output_pixels: PositiveInt = 40_000_000
+    # The image the `watermark` step overlays (PNG with alpha, typically); none: no watermarks.
+    watermark_path: Path | None = None
 
 
 # Environment variable -> field. The seed's six names come first and keep their spelling.
@@ -82,6 +88,9 @@ ENVIRONMENT: Mapping[str, str] = {
     "WORKER_MEMORY_LIMIT": "worker_memory_bytes",
     "JOB_TTL": "job_ttl_s",
     "BODY_TIMEOUT": "body_timeout_s",
+    "MAX_STEPS": "max_steps",
+    "MAX_OUTPUT_PIXELS": "max_output_pixels",
+    "WATERMARK_PATH": "watermark_path",
 }
 
 
@@ -109,7 +118,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except msgspec.ValidationError as exc:
             reason = str(exc).split(" - at ", 1)[0]
             raise SettingsError(f"{variable}={given[field]!r} is invalid: {reason}") from None
-    return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
+    settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
+    if settings.watermark_path is not None and not settings.watermark_path.is_file():
+        raise SettingsError(f"WATERMARK_PATH={given['watermark_path']!r} is not a file")
+    return settings
 
 
 def _decode(kind: type, value: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 import trio
 
-from app.models import JobStatus, Operation, OutputFormat
+from app.models import JobKind, JobStatus, OutputFormat
 
 __all__ = ["JobRecord", "JobStore", "SqliteJobStore", "open_job_store"]
 
@@ -54,13 +54,20 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
 
+# Each migration takes the schema from version N (its index) to N + 1; a database written by
+# an older release is brought up to date when it is opened. Version 0 is the first release's.
+MIGRATIONS = (
+    # 0 -> 1: job documents (steps and output), as canonical JSON; NULL for the seed's jobs.
+    "ALTER TABLE jobs ADD COLUMN spec BLOB",
+)
+
 
 class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One row of the `jobs` table."""
 
     id: str
     status: JobStatus
-    operation: Operation
+    operation: JobKind
     width: int
     height: int
     output_format: OutputFormat
@@ -79,6 +86,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     result_bytes: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    spec: bytes | None = None
 
 
 _COLUMNS = tuple(JobRecord.__struct_fields__)
@@ -127,7 +135,23 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(SCHEMA)
+    _migrate(conn)
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to the newest version, one migration at a time; several processes
+    opening one database at once take turns (the write lock is held throughout)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, statement in enumerate(MIGRATIONS[version:], start=version):
+            conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _connect_reader(path: Path) -> sqlite3.Connection:

@@ -1,29 +1,54 @@
-"""What `POST /jobs` checks before anything is stored: the request's fields, the image's
-encoding, size and header. Pure and thread-safe: big bodies are checked off the event loop.
+"""What `POST /jobs` checks before anything is stored: the request's fields (the seed's five,
+or a job document), the image's encoding, size and header, and the steps' geometry against
+that header. Pure and thread-safe: big bodies are checked off the event loop.
 """
 
 from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
-from app.errors import InvalidBase64, InvalidField, MalformedJSON, PayloadTooLarge
-from app.models import Operation, OutputFormat, SubmitRequest, UploadParameters
+import imaging
+from app.errors import (
+    InvalidBase64,
+    InvalidField,
+    MalformedJSON,
+    PayloadTooLarge,
+    UnprocessableImage,
+    UnsupportedFormat,
+)
+from app.models import (
+    Document,
+    JobKind,
+    JobRequest,
+    Output,
+    OutputFormat,
+    PlannedOutput,
+    Step,
+    SubmitRequest,
+    UploadParameters,
+)
 from app.settings import Settings
-from app.workers import check_output_size, inspect_upload
+from imaging.document import Resize, seed_steps
 
 __all__ = [
     "JobPlan",
+    "Order",
     "check_upload",
     "decode_image_data",
+    "describe_upload",
     "extension_of",
+    "inspect_upload",
     "parse_json",
     "parse_parameters",
 ]
+
+T = TypeVar("T")
 
 _DATA_URL = re.compile(rb"^data:image/[A-Za-z0-9.+-]+;base64,")
 _WHITESPACE = re.compile(rb"\s+")
@@ -36,16 +61,46 @@ _EXTENSIONS = {
     "TIFF": "tif",
     "BMP": "bmp",
 }
+_SEED_FIELDS = ("operation", "width", "height", "output_format")
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked request, before the image is seen: the steps and the output wanted.
+
+    `width`/`height` are the seed's requested box (the job view shows them); a document
+    keeps its canonical JSON in `document`, which is what the job's row stores.
+    """
+
+    operation: JobKind
+    steps: list[Step]
+    output: Output
+    width: int = 0
+    height: int = 0
+    document: bytes | None = None
 
 
 class JobPlan(msgspec.Struct, frozen=True, kw_only=True):
-    """A checked job: the upload's format and what to make of it."""
+    """A checked job: the upload's format, the order, and what it will produce."""
 
     source_format: str
-    operation: Operation
+    order: Order
+    output_format: OutputFormat
     width: int
     height: int
-    output_format: OutputFormat
+    exact: bool = True
+
+    def planned(self) -> PlannedOutput:
+        return PlannedOutput(
+            format=self.output_format, width=self.width, height=self.height, exact=self.exact
+        )
+
+
+class _Shape(msgspec.Struct):
+    """Just enough of a JSON body to tell a job document from the seed's body."""
+
+    steps: msgspec.Raw | None = None
+    output: msgspec.Raw | None = None
+    variants: msgspec.Raw | None = None
 
 
 def extension_of(image_format: str) -> str:
@@ -93,48 +148,168 @@ def check_size(size: int, max_bytes: int) -> None:
         )
 
 
-def parse_json(body: bytes, settings: Settings) -> tuple[JobPlan, bytes]:
-    """The seed service's JSON body with a base64 image: the plan and the image bytes."""
+def inspect_upload(image: bytes | Path, settings: Settings) -> imaging.ImageInfo:
+    """Check an upload's header at submit: format allowed, size within the limits."""
+    return _read_header(imaging.probe, image, settings)
+
+
+def describe_upload(image: bytes | Path, settings: Settings) -> imaging.Description:
+    """`POST /probe`: what the upload is, with the same checks (and answers) as a submit."""
+    size = len(image) if isinstance(image, bytes) else image.stat().st_size
+    if size == 0:
+        raise InvalidField("the upload is empty; send the image bytes")
+    return _read_header(imaging.describe, image, settings)
+
+
+def _read_header(read: Callable[..., T], image: bytes | Path, settings: Settings) -> T:
+    allowed = frozenset(settings.allowed_formats)
     try:
-        request = msgspec.json.decode(body, type=SubmitRequest)
+        if isinstance(image, bytes):
+            return read(image, allowed=allowed, max_pixels=settings.max_pixels)
+        with open(image, "rb") as file:
+            return read(file, allowed=allowed, max_pixels=settings.max_pixels)
+    except imaging.UnsupportedFormat as exc:
+        raise UnsupportedFormat(exc.message) from None
+    except imaging.ImagingError as exc:
+        raise UnprocessableImage(exc.message, code=exc.code) from None
+
+
+def check_output_size(settings: Settings, width: int, height: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if value > settings.max_dimension:
+            raise InvalidField(
+                f"{name} must be between 1 and {settings.max_dimension}, got {value}"
+            )
+
+
+def _seed_order(request: SubmitRequest | UploadParameters, settings: Settings) -> Order:
+    check_output_size(settings, request.width, request.height)
+    return Order(
+        operation=request.operation,
+        steps=seed_steps(request.operation, request.width, request.height),
+        output=Output(format=request.output_format),
+        width=request.width,
+        height=request.height,
+    )
+
+
+def _document_order(document: Document, settings: Settings) -> Order:
+    """Check what the types cannot: the deployment's limits, a resize with a side."""
+    if len(document.steps) > settings.max_steps:
+        raise InvalidField(
+            f"invalid field `steps`: at most {settings.max_steps} steps are allowed"
+            f" (MAX_STEPS), got {len(document.steps)}"
+        )
+    for index, step in enumerate(document.steps):
+        if not isinstance(step, Resize):
+            continue
+        if step.width is None and step.height is None:
+            raise InvalidField(f"invalid field `steps[{index}]`: a resize needs a width or height")
+        for name in ("width", "height"):
+            value = getattr(step, name)
+            if value is not None and value > settings.max_dimension:
+                raise InvalidField(
+                    f"invalid field `steps[{index}].{name}`: must be between 1 and"
+                    f" {settings.max_dimension} (MAX_DIMENSION), got {value}"
+                )
+    canonical = Document(steps=document.steps, output=document.output)
+    return Order(
+        operation="steps",
+        steps=document.steps,
+        output=document.output,
+        document=msgspec.json.encode(canonical),
+    )
+
+
+def parse_json(body: bytes, settings: Settings) -> tuple[Order, bytes]:
+    """A JSON body with a base64 image: the seed's five fields, or a job document."""
+    try:
+        shape = msgspec.json.decode(body, type=_Shape)
+    except msgspec.ValidationError:
+        shape = _Shape()  # not even an object: the seed's decoding says what is wrong
+    except msgspec.DecodeError as exc:
+        raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+    if shape.steps is None and shape.output is None and shape.variants is None:
+        try:
+            seed = msgspec.json.decode(body, type=SubmitRequest)
+        except msgspec.ValidationError as exc:
+            raise InvalidField(_field_message(exc)) from None
+        order = _seed_order(seed, settings)
+        image_data = seed.image_data
+    else:
+        try:
+            request = msgspec.json.decode(body, type=JobRequest)
+        except msgspec.ValidationError as exc:
+            raise InvalidField(_field_message(exc)) from None
+        mixed = [name for name in _SEED_FIELDS if getattr(request, name) is not None]
+        if mixed:
+            raise InvalidField(_mixed_message(mixed))
+        order = _document_order(request, settings)
+        image_data = request.image_data
+    return order, decode_image_data(image_data, settings.max_upload_bytes)
+
+
+def _mixed_message(fields: list[str]) -> str:
+    names = ", ".join(f"`{name}`" for name in fields)
+    return (
+        f"invalid request: {names} belong to the seed's form; a job document describes the"
+        ' job with `steps` and `output` (a resize is {"op": "resize", ...})'
+    )
+
+
+def parse_parameters(parameters: Mapping[str, str], settings: Settings) -> Order:
+    """The query string (raw body) or form fields (multipart) of a binary upload: the seed's
+    flat parameters, or a job document as the JSON `spec` parameter."""
+    if "spec" not in parameters:
+        try:
+            request = msgspec.convert(dict(parameters), UploadParameters, strict=False)
+        except msgspec.ValidationError as exc:
+            raise InvalidField(_field_message(exc)) from None
+        return _seed_order(request, settings)
+    mixed = [name for name in parameters if name != "spec"]
+    if mixed:
+        if any(name not in _SEED_FIELDS for name in mixed):
+            unknown = next(name for name in mixed if name not in _SEED_FIELDS)
+            raise InvalidField(f"invalid request: unknown parameter `{unknown}` beside `spec`")
+        raise InvalidField(_mixed_message(mixed))
+    try:
+        document = msgspec.json.decode(parameters["spec"], type=Document)
     except msgspec.ValidationError as exc:
         raise InvalidField(_field_message(exc)) from None
     except msgspec.DecodeError as exc:
-        raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
-    check_output_size(settings, request.width, request.height)
-    data = decode_image_data(request.image_data, settings.max_upload_bytes)
-    return check_upload(data, request, settings), data
+        raise MalformedJSON(f"the `spec` parameter is not valid JSON: {exc}") from None
+    return _document_order(document, settings)
 
 
-def parse_parameters(parameters: Mapping[str, str], settings: Settings) -> UploadParameters:
-    """The query string (raw body) or form fields (multipart) of a binary upload."""
-    try:
-        request = msgspec.convert(dict(parameters), UploadParameters, strict=False)
-    except msgspec.ValidationError as exc:
-        raise InvalidField(_field_message(exc)) from None
-    check_output_size(settings, request.width, request.height)
-    return request
+def _output_format(requested: str | None, info: imaging.ImageInfo) -> OutputFormat:
+    if requested is None:
+        return info.default_output
+    return "jpeg" if requested in ("jpeg", "jpg") else "png"
 
 
-def check_upload(
-    image: bytes | Path, request: SubmitRequest | UploadParameters, settings: Settings
-) -> JobPlan:
-    """Check the image (bytes, or a file already received) and make the job's plan."""
+def check_upload(image: bytes | Path, order: Order, settings: Settings) -> JobPlan:
+    """Check the image (bytes, or a file already received) and the order against its
+    header: 422 for steps that do not fit it (a crop outside, an output too large)."""
     size = len(image) if isinstance(image, bytes) else image.stat().st_size
     if size == 0:
         raise InvalidField("the upload is empty; send the image bytes")
     check_size(size, settings.max_upload_bytes)
     info = inspect_upload(image, settings)
-    requested = request.output_format
-    output: OutputFormat = (
-        info.default_output
-        if requested is None
-        else ("jpeg" if requested in ("jpeg", "jpg") else "png")
-    )
+    try:
+        plan = imaging.plan(
+            order.steps,
+            info.displayed,
+            max_pixels=settings.max_output_pixels,
+            watermark=settings.watermark_path is not None,
+        )
+    except imaging.ImagingError as exc:
+        raise UnprocessableImage(exc.message, code=exc.code) from None
+    document = order.document is not None
     return JobPlan(
         source_format=info.format,
-        operation=request.operation,
-        width=request.width,
-        height=request.height,
-        output_format=output,
+        order=order,
+        output_format=_output_format(order.output.format, info),
+        width=plan.width if document else order.width,
+        height=plan.height if document else order.height,
+        exact=plan.exact,
     )

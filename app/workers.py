@@ -17,22 +17,22 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import anyio
 import msgspec
 import trio
 
 import imaging
-from app.errors import InvalidField, QueueFull, UnprocessableImage, UnsupportedFormat
+from app.errors import QueueFull
 from app.logs import log_event, monotonic_ms
 from app.queue import JobQueue
 from app.runner import Runner
 from app.settings import Settings
 from app.storage import BlobStorage
 from app.store import JobRecord, JobStore
+from imaging.document import seed_steps
 
-__all__ = ["PoolStatistics", "WorkerPool", "inspect_upload", "new_owner_id"]
+__all__ = ["PoolStatistics", "WorkerPool", "job_spec", "new_owner_id"]
 
 # A claim outlives the job timeout by this much before another start may take the job over.
 LEASE_MARGIN_S = 30.0
@@ -72,26 +72,24 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def inspect_upload(image: bytes | Path, settings: Settings) -> imaging.ImageInfo:
-    """Check an upload's header at submit: format allowed, size within the limits."""
-    allowed = frozenset(settings.allowed_formats)
-    try:
-        if isinstance(image, bytes):
-            return imaging.probe(image, allowed=allowed, max_pixels=settings.max_pixels)
-        with open(image, "rb") as file:
-            return imaging.probe(file, allowed=allowed, max_pixels=settings.max_pixels)
-    except imaging.UnsupportedFormat as exc:
-        raise UnsupportedFormat(exc.message) from None
-    except imaging.ImagingError as exc:
-        raise UnprocessableImage(exc.message, code=exc.code) from None
-
-
-def check_output_size(settings: Settings, width: int, height: int) -> None:
-    for name, value in (("width", width), ("height", height)):
-        if value > settings.max_dimension:
-            raise InvalidField(
-                f"{name} must be between 1 and {settings.max_dimension}, got {value}"
-            )
+def job_spec(record: JobRecord, settings: Settings) -> imaging.JobSpec:
+    """What a worker process is asked to do for a job's row."""
+    if record.spec is not None:
+        document = msgspec.json.decode(record.spec, type=imaging.Document)
+        steps, quality = document.steps, document.output.quality
+    else:
+        assert record.operation != "steps", "a job of steps has its document"
+        steps, quality = seed_steps(record.operation, record.width, record.height), None
+    watermark = settings.watermark_path
+    return imaging.JobSpec(
+        steps=steps,
+        output_format=record.output_format,
+        jpeg_quality=quality or settings.jpeg_quality,
+        max_pixels=settings.max_pixels,
+        max_output_pixels=settings.max_output_pixels,
+        allowed_formats=frozenset(settings.allowed_formats),
+        watermark_path=None if watermark is None else str(watermark),
+    )
 
 
 class _Worker:
@@ -290,15 +288,7 @@ class WorkerPool:
                     await self._storage.discard(temp)
 
     async def _process(self, record: JobRecord, temp: str) -> imaging.Result | tuple[str, str]:
-        spec = imaging.JobSpec(
-            operation=record.operation,
-            width=record.width,
-            height=record.height,
-            output_format=record.output_format,
-            jpeg_quality=self._settings.jpeg_quality,
-            max_pixels=self._settings.max_pixels,
-            allowed_formats=frozenset(self._settings.allowed_formats),
-        )
+        spec = job_spec(record, self._settings)
         source = str(self._storage.path(record.input_key))
         timeout = self._settings.job_timeout_s
         try:

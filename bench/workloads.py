@@ -1,7 +1,7 @@
 """The benchmark workloads (corpus image + job) and how close an output is to a reference.
 
-Every workload reads its image from the shared corpus (``../shared/corpus/good`` beside the
-repository, or ``IMGJOBS_CORPUS``); nothing is copied into the repository. ``onepixel`` is
+Every workload reads its image from the corpus's ``good/`` folder (``bench.corpus`` says
+where the corpus is); nothing is copied into the repository. ``onepixel`` is
 made in memory: a 1x1 PNG whose job costs nothing, so it measures the service's own
 per-job overhead (what the original Go service's "25 jobs/s" benchmark measured).
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +21,7 @@ import msgspec
 from PIL import Image, ImageChops, ImageOps
 
 import imaging
+from bench.corpus import corpus_root
 
 __all__ = [
     "DEFAULT_WORKLOADS",
@@ -35,7 +35,6 @@ __all__ = [
     "source_path",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 50_000_000
 Operation = Literal["resize", "thumbnail"]
 
@@ -113,9 +112,8 @@ ONE_PIXEL_NAME = "onepixel.png"
 
 
 def corpus_dir() -> Path:
-    """The corpus's ``good/`` folder: ``IMGJOBS_CORPUS`` or ``../shared/corpus/good``."""
-    configured = os.environ.get("IMGJOBS_CORPUS")
-    return Path(configured) if configured else ROOT.parent / "shared" / "corpus" / "good"
+    """The corpus's ``good/`` folder (see ``bench.corpus.corpus_root``)."""
+    return corpus_root() / "good"
 
 
 def one_pixel_png() -> bytes:
@@ -145,11 +143,11 @@ def job_spec(workload: Workload, data: bytes, output_format: str | None = None) 
     """The spec the service would build: same default output format, same limits."""
     info = imaging.probe(data, max_pixels=MAX_PIXELS)
     chosen = info.default_output if output_format is None else output_format
-    return imaging.JobSpec(
-        operation=workload.operation,
-        width=workload.width,
-        height=workload.height,
-        output_format="png" if chosen == "png" else "jpeg",
+    return imaging.JobSpec.seed(
+        workload.operation,
+        workload.width,
+        workload.height,
+        "png" if chosen == "png" else "jpeg",
         max_pixels=MAX_PIXELS,
     )
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from imaging.codec import DEFAULT_ALLOWED_FORMATS, ImageInfo, probe, sniff_format
+from imaging.codec import (
+    DEFAULT_ALLOWED_FORMATS,
+    Description,
+    ImageInfo,
+    describe,
+    probe,
+    sniff_format,
+)
+from imaging.document import Document, Output, Step
 from imaging.errors import (
     CorruptImage,
     ImageTooLarge,
@@ -10,18 +18,27 @@ from imaging.errors import (
     TruncatedImage,
     UnsupportedFormat,
 )
+from imaging.geometry import GeometryError, Plan, plan
 from imaging.process import JobSpec, Result, process
 
 __all__ = [
     "DEFAULT_ALLOWED_FORMATS",
     "CorruptImage",
+    "Description",
+    "Document",
+    "GeometryError",
     "ImageInfo",
     "ImageTooLarge",
     "ImagingError",
     "JobSpec",
+    "Output",
+    "Plan",
     "Result",
+    "Step",
     "TruncatedImage",
     "UnsupportedFormat",
+    "describe",
+    "plan",
     "probe",
     "process",
     "sniff_format",

@@ -15,10 +15,12 @@ from imaging.errors import CorruptImage, ImageTooLarge, UnsupportedFormat, trans
 __all__ = [
     "DEFAULT_ALLOWED_FORMATS",
     "HEADER_BYTES",
+    "Description",
     "ImageInfo",
     "OutputFormat",
     "check_size",
     "decode_first_frame",
+    "describe",
     "open_image",
     "probe",
     "read_orientation",
@@ -91,6 +93,27 @@ class ImageInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     mode: str
     has_alpha: bool
     default_output: OutputFormat
+    orientation: int = 1  # EXIF orientation, 1-8
+
+    @property
+    def displayed(self) -> tuple[int, int]:
+        """The size as displayed, once the EXIF orientation is applied."""
+        return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
+
+
+class Description(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``POST /probe`` tells about an upload (sizes as displayed)."""
+
+    format: str
+    width: int
+    height: int
+    orientation: int
+    mode: str
+    frames: int
+    animated: bool
+    has_alpha: bool
+    icc: bool
+    bytes: int
 
 
 def _sniff_iso_bmff(header: bytes) -> str | None:
@@ -240,7 +263,90 @@ def probe(
                 mode=image.mode,
                 has_alpha=alpha,
                 default_output=default,
+                orientation=_header_orientation(image, source),
             )
+
+
+def describe(
+    data: bytes | IO[bytes],
+    *,
+    allowed: frozenset[str] = DEFAULT_ALLOWED_FORMATS,
+    max_pixels: int,
+) -> Description:
+    """:func:`probe`, and what else the headers tell: frames, ICC profile, byte count.
+
+    Counting frames walks the file's frame headers (no pixels are decoded); every frame is
+    held to ``max_pixels``. Raises what :func:`probe` raises.
+    """
+    info = probe(data, allowed=allowed, max_pixels=max_pixels)
+    source = BytesIO(data) if isinstance(data, bytes) else data
+    source.seek(0, 2)
+    size = source.tell()
+    source.seek(0)
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_image(source, allowed=allowed, max_pixels=max_pixels) as image:
+            icc = bool(image.info.get("icc_profile"))
+            with translate_pillow_errors(info.format, limit=max_pixels):
+                frames = getattr(image, "n_frames", 1)
+                for index in range(1, min(frames, MAX_PROBED_FRAMES)):
+                    image.seek(index)
+                    check_size(image.size, max_pixels)
+    width, height = info.displayed
+    return Description(
+        format=info.format,
+        width=width,
+        height=height,
+        orientation=info.orientation,
+        mode=info.mode,
+        frames=frames,
+        animated=frames > 1 and info.format in ANIMATED_FORMATS,
+        has_alpha=info.has_alpha,
+        icc=icc,
+        bytes=size,
+    )
+
+
+#: Formats whose frames are an animation (a multi-page TIFF's are pages).
+ANIMATED_FORMATS: Final = frozenset({"GIF", "PNG", "WEBP"})
+#: Frames beyond this are counted but not checked against the pixel limit one by one.
+MAX_PROBED_FRAMES: Final = 1000
+
+
+def _header_orientation(image: ImageFile.ImageFile, source: IO[bytes]) -> int:
+    """The EXIF orientation as far as the headers tell, without decoding pixels (a PNG's
+    eXIf chunk may follow the pixel data: its chunks are walked, not inflated)."""
+    if image.format != "PNG":
+        return read_orientation(image)
+    exif = image.info.get("exif")
+    if not isinstance(exif, bytes):
+        exif = _png_exif_chunk(source)
+    if exif is None:
+        return 1
+    try:
+        value = Image.Exif()
+        value.load(exif)
+        orientation = value.get(ExifTags.Base.Orientation, 1)
+    except Exception:  # broken EXIF is metadata damage, as in read_orientation
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def _png_exif_chunk(source: IO[bytes], max_chunks: int = 100_000) -> bytes | None:
+    """The data of a PNG's eXIf chunk, found by walking chunk headers (seeks, no reads of
+    pixel data)."""
+    source.seek(8)
+    for _ in range(max_chunks):
+        header = source.read(8)
+        if len(header) < 8:
+            return None
+        length, kind = int.from_bytes(header[:4], "big"), header[4:]
+        if kind == b"eXIf":
+            return source.read(min(length, 1 << 20))
+        if kind == b"IEND":
+            return None
+        source.seek(length + 4, 1)
+    return None
 
 
 def read_orientation(image: Image.Image) -> int:

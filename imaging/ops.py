@@ -22,6 +22,7 @@ __all__ = [
     "fit_size",
     "flatten",
     "orient",
+    "orient_by",
     "oriented_size",
     "resize",
     "thumbnail",
@@ -150,7 +151,11 @@ def orient(image: Image.Image, orientation: int) -> Image.Image:
 
     Orientation 1 (or an invalid value) returns ``image`` itself, not a copy.
     """
-    method = _TRANSPOSE.get(orientation)
+    return orient_by(image, _TRANSPOSE.get(orientation))
+
+
+def orient_by(image: Image.Image, method: Image.Transpose | None) -> Image.Image:
+    """``image`` transposed by ``method``; None returns ``image`` itself."""
     return image if method is None else image.transpose(method)
 
 

@@ -13,6 +13,7 @@ import msgspec
 import trio
 
 import imaging
+from imaging.document import Resize
 from app.store import JobRecord
 
 T = TypeVar("T")
@@ -236,6 +237,8 @@ class FakeRunner:
             await trio.sleep(self.duration_s)
         finally:
             self.running -= 1
+        resize = spec.steps[0]
+        assert isinstance(resize, Resize)
         return imaging.Result(  # type: ignore[return-value]
-            width=spec.width, height=spec.height, format=spec.output_format, bytes=100
+            width=resize.width or 1, height=resize.height or 1, format=spec.output_format, bytes=100
         )

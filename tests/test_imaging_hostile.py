@@ -71,7 +71,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
 
 def _run_job(src: str, dst: str, send: Connection) -> None:
     """Child process body: run one job and report its outcome through ``send``."""
-    spec = JobSpec(operation="thumbnail", width=200, height=200, output_format="jpeg")
+    spec = JobSpec.seed("thumbnail", 200, 200, "jpeg")
     try:
         process(spec, src, dst)
     except ImagingError as error:

@@ -26,7 +26,9 @@ def test_defaults_are_the_seed_services_except_the_pool() -> None:
     assert settings.admin_token is None
 
 
-def test_every_variable_is_read() -> None:
+def test_every_variable_is_read(tmp_path: Path) -> None:
+    watermark = tmp_path / "mark.png"
+    watermark.write_bytes(b"any file: it is read by the workers")
     environ = {
         "PORT": "9000",
         "DB_PATH": "/tmp/x.db",
@@ -48,6 +50,9 @@ def test_every_variable_is_read() -> None:
         "WORKER_MEMORY_LIMIT": "536870912",
         "JOB_TTL": "60",
         "BODY_TIMEOUT": "5",
+        "MAX_STEPS": "4",
+        "MAX_OUTPUT_PIXELS": "2000000",
+        "WATERMARK_PATH": str(watermark),
     }
     assert set(environ) == set(ENVIRONMENT)
     settings = load_settings(environ)
@@ -72,7 +77,15 @@ def test_every_variable_is_read() -> None:
         worker_memory_bytes=536870912,
         job_ttl_s=60,
         body_timeout_s=5,
+        max_steps=4,
+        max_output_pixels=2_000_000,
+        watermark_path=watermark,
     )
+
+
+def test_a_watermark_path_that_is_not_a_file_fails_fast(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="WATERMARK_PATH=.*is not a file"):
+        load_settings({"WATERMARK_PATH": str(tmp_path / "missing.png")})
 
 
 def test_empty_values_mean_the_default() -> None:
