@@ -6,9 +6,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+import msgspec
 import trio
 
-from app.store import SqliteJobStore, _connect, _connect_reader, open_job_store
+from app.store import MIGRATIONS, SqliteJobStore, _connect, _connect_reader, open_job_store
 from tests.fakes import record
 
 
@@ -146,3 +147,53 @@ async def test_a_row_read_the_reader_cannot_make_goes_through_the_store_thread(
         assert await store.get("a") == row
     finally:
         store.close()
+
+
+# The schema of the first release (version 0), as it created the table.
+FIRST_RELEASE_SCHEMA = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, operation TEXT NOT NULL,
+    width INTEGER NOT NULL, height INTEGER NOT NULL, output_format TEXT NOT NULL,
+    input_key TEXT NOT NULL, output_key TEXT NOT NULL, input_bytes INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, claimed_by TEXT, lease_expires_at REAL,
+    error_code TEXT, error_message TEXT, result_width INTEGER, result_height INTEGER,
+    result_bytes INTEGER, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    started_at REAL, finished_at REAL
+);
+CREATE INDEX jobs_by_status ON jobs (status, created_at);
+INSERT INTO jobs (id, status, operation, width, height, output_format, input_key, output_key,
+    input_bytes, created_at, updated_at)
+VALUES ('old', 'pending', 'thumbnail', 64, 48, 'png', 'uploads/old.png', 'outputs/old.png',
+    10, 1.0, 1.0);
+"""
+
+
+async def test_a_database_of_the_first_release_is_migrated_and_its_jobs_keep_working(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(FIRST_RELEASE_SCHEMA)
+    async with open_job_store(path) as store:
+        old = await store.get("old")
+        assert old is not None
+        assert (old.operation, old.width, old.height, old.spec) == ("thumbnail", 64, 48, None)
+        assert await store.claim("old", owner="me", lease_s=60) is not None
+        assert await store.complete("old", owner="me", width=64, height=43, size_bytes=5)
+        await store.insert(msgspec.structs.replace(record("new"), spec=b'{"steps":[]}'))
+        new = await store.get("new")
+        assert new is not None
+        assert new.spec == b'{"steps":[]}'
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_opening_a_current_database_again_migrates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    for _ in range(2):
+        async with open_job_store(path) as store:
+            await store.count()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
+        assert columns.count("spec") == 1
