@@ -13,8 +13,8 @@ import msgspec
 import trio
 
 import imaging
-from imaging.document import Resize
 from app.store import JobRecord
+from imaging.document import Resize
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")

@@ -84,7 +84,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
 
 
 def test_a_watermark_path_that_is_not_a_file_fails_fast(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="WATERMARK_PATH=.*is not a file"):
+    with pytest.raises(SettingsError, match=r"WATERMARK_PATH=.*is not a file"):
         load_settings({"WATERMARK_PATH": str(tmp_path / "missing.png")})
 
 
