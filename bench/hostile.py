@@ -1,9 +1,10 @@
 """What the service does with every hostile file of the corpus, as a Markdown table.
 
-Starts a real server (``python -m app``), submits each file of ``../shared/corpus/bad``
-(resize to 200x200), waits for accepted jobs to end, and prints one row per file: the
-answer at submit (status and error code) or the job's final status and code. Ends with
-the server's and its workers' peak memory and whether the server stayed healthy.
+Starts a real server (``python -m app``), submits each file of the corpus's ``bad/`` folder
+(see ``bench.corpus``) to resize to 200x200, waits for accepted jobs to end, and prints one
+row per file: the answer at submit (status and error code) or the job's final status and
+code. Ends with the server's and its workers' peak memory and whether the server stayed
+healthy.
 
     python -m bench.hostile
 """
@@ -17,11 +18,11 @@ import httpx
 import msgspec
 import trio
 
+from bench.corpus import corpus_root
 from bench.procs import children, process_memory_mib
 from bench.server import ServerConfig, open_server
 
-ROOT = Path(__file__).resolve().parents[1]
-BAD = ROOT.parent / "shared" / "corpus" / "bad"
+BAD = corpus_root() / "bad"
 
 
 async def outcome(client: httpx.AsyncClient, path: Path) -> tuple[str, str]:

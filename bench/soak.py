@@ -25,11 +25,11 @@ import httpx
 import msgspec
 import trio
 
+from bench.corpus import corpus_root
 from bench.procs import process_memory_mib
 from bench.server import ServerConfig, open_server
 
-ROOT = Path(__file__).resolve().parents[1]
-IMAGE = ROOT.parent / "shared" / "corpus" / "good" / "skimage__astronaut.png"
+IMAGE = corpus_root() / "good" / "skimage__astronaut.png"
 PROBE_INTERVAL_S = 0.05
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from bench.corpus import corpus_root
+
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("IMGJOBS_CORPUS", ROOT.parent / "shared" / "corpus"))
+CORPUS = corpus_root()
 GOOD = CORPUS / "good"
 BAD = CORPUS / "bad"
 
@@ -17,10 +18,15 @@ def corpus_files(folder: Path) -> list[Path]:
     """Every image of a corpus folder, manifest and licences left out."""
     if not folder.is_dir():
         raise pytest.UsageError(
-            f"the test corpus is not at {folder}: put shared/ beside the repository "
+            f"the test corpus is not at {folder}: run `make corpus` (or `python -m tests.corpus`) "
+            "to fetch it into .cache/corpus, put shared/ beside the repository, "
             "or set IMGJOBS_CORPUS to the corpus folder"
         )
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".tsv")
+
+
+def pytest_report_header() -> str:
+    return f"corpus: {CORPUS}"
 
 
 @pytest.fixture(scope="session")
