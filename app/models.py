@@ -9,7 +9,8 @@ import msgspec
 from msgspec import Meta
 
 from imaging.codec import Description
-from imaging.document import Document, Output, Step
+from imaging.codec import OutputFormat as OutputFormat
+from imaging.document import Document, Output, Step, Variant
 
 __all__ = [
     "Description",
@@ -31,12 +32,13 @@ __all__ = [
     "Step",
     "SubmitRequest",
     "UploadParameters",
+    "Variant",
+    "VariantView",
 ]
 
 Operation = Literal["resize", "thumbnail"]
 #: What a job's row says it does: one of the seed's operations, or a chain of steps.
 JobKind = Literal["resize", "thumbnail", "steps"]
-OutputFormat = Literal["jpeg", "png"]
 JobStatus = Literal["pending", "processing", "completed", "failed"]
 Dimension = Annotated[int, Meta(ge=1)]
 
@@ -109,8 +111,19 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     result_width: int | None = None
     result_height: int | None = None
     result_bytes: int | None = None
-    steps: list[Step] | None = None
-    output: Output | None = None
+    spec: Document | None = None
+    variants: dict[str, VariantView] | None = None
+
+
+class VariantView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One output of a completed job, and where to download it."""
+
+    format: OutputFormat
+    width: int
+    height: int
+    bytes: int
+    download: str
+    blurhash: str | None = None
 
 
 class PlannedOutput(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,7 +23,6 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.models import (
-    Document,
     DryRun,
     Health,
     JobError,
@@ -33,6 +32,7 @@ from app.models import (
     PoolView,
     ProbeRequest,
 )
+from app.outputs import decode_results, document_of
 from app.store import JobRecord
 from app.submissions import JobPlan, decode_image_data
 
@@ -44,7 +44,13 @@ _encoder = msgspec.json.Encoder()
 TERMINAL = ("completed", "failed")
 MAX_WAIT_S = 60.0
 WAIT_RECHECK_S = 5.0
-_MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+MEDIA_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "avif": "image/avif",
+    "gif": "image/gif",
+}
 
 
 def json_response(
@@ -99,15 +105,13 @@ def job_view(record: JobRecord) -> JobView:
         result_width=record.result_width if completed else None,
         result_height=record.result_height if completed else None,
         result_bytes=record.result_bytes if completed else None,
-        **_document_view(record.spec),
+        spec=document_of(record),
+        variants=(
+            {name: result.view(record.id, name) for name, result in results.items()}
+            if (results := decode_results(record.results)) and completed
+            else None
+        ),
     )
-
-
-def _document_view(spec: bytes | None) -> dict[str, Any]:
-    if spec is None:
-        return {}
-    document = msgspec.json.decode(spec, type=Document)
-    return {"steps": document.steps, "output": document.output}
 
 
 def _timestamp(unix: float) -> datetime:
@@ -214,7 +218,7 @@ def _flag(text: str | None, name: str) -> bool:
 
 
 def _dry_run(plan: JobPlan) -> Response:
-    return json_response(DryRun(variants={"default": plan.planned()}))
+    return json_response(DryRun(variants=plan.planned))
 
 
 @blueprint.get("/jobs/<job_id>")
@@ -259,8 +263,37 @@ def _wait_seconds(text: str | None) -> float:
 
 @blueprint.get("/jobs/<job_id>/download")
 async def download_job(job_id: str) -> Response:
-    service = current_service()
-    record = await _record(job_id)
+    """The job's output: its `default` variant, or its only one."""
+    record = _completed(await _record(job_id))
+    results = decode_results(record.results)
+    if not results:  # the seed's jobs: one output, stored as the seed service stored it
+        return await _send_output(record, record.output_key, record.output_format, None)
+    name = "default" if "default" in results or len(results) != 1 else next(iter(results))
+    if name not in results:
+        names = ", ".join(sorted(results))
+        raise NotFound(
+            f"job {record.id} has no default variant; download one of its variants"
+            f" ({names}) from /jobs/{record.id}/variants/<name>"
+        )
+    result = results[name]
+    return await _send_output(record, result.key, result.format, name)
+
+
+@blueprint.get("/jobs/<job_id>/variants/<name>")
+async def download_variant(job_id: str, name: str) -> Response:
+    """One named output of a job."""
+    record = _completed(await _record(job_id))
+    results = decode_results(record.results)
+    if not results and name == "default":
+        return await _send_output(record, record.output_key, record.output_format, None)
+    if name not in results:
+        names = ", ".join(sorted(results)) or "default"
+        raise NotFound(f"job {record.id} has no variant {name[:40]!r} (it has: {names})")
+    result = results[name]
+    return await _send_output(record, result.key, result.format, name)
+
+
+def _completed(record: JobRecord) -> JobRecord:
     if record.status != "completed":
         detail = (
             f"job {record.id} failed ({record.error_code}): nothing to download"
@@ -268,20 +301,28 @@ async def download_job(job_id: str) -> Response:
             else f"job {record.id} is {record.status}; download it once it is completed"
         )
         raise JobNotReady(detail, job_status=record.status)
-    extension = record.output_key.rpartition(".")[2]
+    return record
+
+
+async def _send_output(
+    record: JobRecord, key: str, output_format: str, variant: str | None
+) -> Response:
+    """Send one output; `variant` None is the seed's job, whose ETag stays as it was."""
+    filename = key.rpartition("/")[2]  # <job id>.<ext>, or <job id>.<variant>.<ext>
     try:
         response = await send_file(
-            service.storage.path(record.output_key),
-            mimetype=_MEDIA_TYPES[record.output_format],
+            current_service().storage.path(key),
+            mimetype=MEDIA_TYPES[output_format],
             as_attachment=True,
-            attachment_filename=f"{record.id}.{extension}",
+            attachment_filename=filename,
             add_etags=False,
         )
     except FileNotFoundError:
         raise NotFound(f"the output of job {record.id} no longer exists") from None
     # Quoted, as the seed service sent it (werkzeug leaves a plain token unquoted).
-    response.headers["Content-Disposition"] = f'attachment; filename="{record.id}.{extension}"'
-    response.set_etag(f"{record.id}-{record.result_bytes}")
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    size = response.content_length if variant is not None else record.result_bytes
+    response.set_etag(f"{record.id}-{size}" if variant is None else f"{record.id}-{variant}-{size}")
     response.headers["Cache-Control"] = "private, max-age=31536000, immutable"
     return await response.make_conditional(request)
 

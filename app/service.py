@@ -21,6 +21,7 @@ import trio
 
 from app.errors import RequestTimeout, ServiceStopping
 from app.logs import log_event
+from app.outputs import output_key, output_keys
 from app.queue import JobQueue, Slot
 from app.runner import ProcessRunner, WorkerSetup
 from app.settings import Settings
@@ -185,7 +186,7 @@ class Service:
         if record is None or not await self.store.delete(job_id):
             return False
         cancelled = self.pool.cancel(job_id)
-        await self.storage.remove(record.input_key, record.output_key)
+        await self.storage.remove(record.input_key, *output_keys(record).values())
         log_event("job.deleted", job_id=job_id, status=record.status, cancelled=cancelled)
         return True
 
@@ -201,11 +202,11 @@ class Service:
             height=plan.height,
             output_format=plan.output_format,
             input_key=input_key,
-            output_key=f"outputs/{job_id}.{'jpg' if plan.output_format == 'jpeg' else 'png'}",
+            output_key=output_key(job_id, next(iter(plan.planned)), plan.output_format),
             input_bytes=size,
             created_at=now,
             updated_at=now,
-            spec=plan.order.document,
+            spec=plan.document,
         )
         try:
             await self.store.insert(record)
@@ -256,7 +257,7 @@ async def _expire(store: JobStore, storage: LocalStorage, ttl_s: float) -> None:
         try:
             while records := await store.expired(finished_before=time.time() - ttl_s, limit=500):
                 for record in records:
-                    await storage.remove(record.input_key, record.output_key)
+                    await storage.remove(record.input_key, *output_keys(record).values())
                     await store.delete(record.id)
                 log_event("jobs.expired", jobs=len(records))
         except Exception:

@@ -58,8 +58,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     job_ttl_s: Annotated[float, Meta(ge=0)] = 24 * 3600.0
     # A request body must arrive within this time (slow clients cannot hold a connection).
     body_timeout_s: PositiveFloat = 60.0
-    # At most this many steps in a job document.
+    # At most this many steps in a job document (per variant), and this many variants.
     max_steps: Annotated[int, Meta(ge=1, le=100)] = 10
+    max_variants: Annotated[int, Meta(ge=1, le=100)] = 10
     # No step may produce more pixels than this (refused at submit with 422).
     max_output_pixels: PositiveInt = 40_000_000
     # The image the `watermark` step overlays (PNG with alpha, typically); none: no watermarks.
@@ -89,6 +90,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "JOB_TTL": "job_ttl_s",
     "BODY_TIMEOUT": "body_timeout_s",
     "MAX_STEPS": "max_steps",
+    "MAX_VARIANTS": "max_variants",
     "MAX_OUTPUT_PIXELS": "max_output_pixels",
     "WATERMARK_PATH": "watermark_path",
 }

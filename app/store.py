@@ -59,6 +59,8 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 MIGRATIONS = (
     # 0 -> 1: job documents (steps and output), as canonical JSON; NULL for the seed's jobs.
     "ALTER TABLE jobs ADD COLUMN spec BLOB",
+    # 1 -> 2: what each variant of a completed job produced, as JSON; NULL for the seed's jobs.
+    "ALTER TABLE jobs ADD COLUMN results BLOB",
 )
 
 
@@ -87,6 +89,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float | None = None
     finished_at: float | None = None
     spec: bytes | None = None
+    results: bytes | None = None
 
 
 _COLUMNS = tuple(JobRecord.__struct_fields__)
@@ -105,7 +108,14 @@ class JobStore(Protocol):
     async def delete(self, job_id: str) -> bool: ...
     async def claim(self, job_id: str, *, owner: str, lease_s: float) -> JobRecord | None: ...
     async def complete(
-        self, job_id: str, *, owner: str, width: int, height: int, size_bytes: int
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        width: int,
+        height: int,
+        size_bytes: int,
+        results: bytes | None = None,
     ) -> bool: ...
     async def fail(
         self, job_id: str, *, code: str, message: str, owner: str | None = None
@@ -249,15 +259,23 @@ class SqliteJobStore:
         return await self._run(query)
 
     async def complete(
-        self, job_id: str, *, owner: str, width: int, height: int, size_bytes: int
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        width: int,
+        height: int,
+        size_bytes: int,
+        results: bytes | None = None,
     ) -> bool:
         def query(c: sqlite3.Connection) -> bool:
             now = time.time()
             cursor = c.execute(
                 "UPDATE jobs SET status = 'completed', result_width = ?, result_height = ?,"
-                " result_bytes = ?, finished_at = ?, updated_at = ?, lease_expires_at = NULL"
-                " WHERE id = ? AND status = 'processing' AND claimed_by = ?",
-                (width, height, size_bytes, now, now, job_id, owner),
+                " result_bytes = ?, results = ?, finished_at = ?, updated_at = ?,"
+                " lease_expires_at = NULL WHERE id = ? AND status = 'processing'"
+                " AND claimed_by = ?",
+                (width, height, size_bytes, results, now, now, job_id, owner),
             )
             return cursor.rowcount == 1
 

@@ -32,6 +32,7 @@ from app.models import (
     Step,
     SubmitRequest,
     UploadParameters,
+    Variant,
 )
 from app.settings import Settings
 from imaging.document import Resize, seed_steps
@@ -60,39 +61,41 @@ _EXTENSIONS = {
     "WEBP": "webp",
     "TIFF": "tif",
     "BMP": "bmp",
+    "AVIF": "avif",
+    "HEIF": "heic",
 }
 _SEED_FIELDS = ("operation", "width", "height", "output_format")
 
 
 class Order(msgspec.Struct, frozen=True, kw_only=True):
-    """A checked request, before the image is seen: the steps and the output wanted.
+    """A checked request, before the image is seen: its outputs by name, each with the path
+    its steps are named by in messages (`steps`, `variants.thumb.steps`).
 
-    `width`/`height` are the seed's requested box (the job view shows them); a document
-    keeps its canonical JSON in `document`, which is what the job's row stores.
+    `width`/`height` are the seed's requested box (the job view shows them).
     """
 
     operation: JobKind
-    steps: list[Step]
-    output: Output
+    variants: dict[str, Variant]
+    paths: dict[str, str]
     width: int = 0
     height: int = 0
-    document: bytes | None = None
 
 
 class JobPlan(msgspec.Struct, frozen=True, kw_only=True):
-    """A checked job: the upload's format, the order, and what it will produce."""
+    """A checked job: the upload's format, the order, and what each variant will produce.
+
+    A job document is stored as `document`: its variants with their formats decided.
+    `output_format`, `width` and `height` are what the job's row (and the seed's view)
+    show: the seed's request, or the first variant's plan.
+    """
 
     source_format: str
     order: Order
+    planned: dict[str, PlannedOutput]
     output_format: OutputFormat
     width: int
     height: int
-    exact: bool = True
-
-    def planned(self) -> PlannedOutput:
-        return PlannedOutput(
-            format=self.output_format, width=self.width, height=self.height, exact=self.exact
-        )
+    document: bytes | None = None
 
 
 _DOCUMENT_KEYS = (b'"steps"', b'"output"', b'"variants"')
@@ -197,10 +200,11 @@ def check_output_size(settings: Settings, width: int, height: int) -> None:
 
 def _seed_order(request: SubmitRequest | UploadParameters, settings: Settings) -> Order:
     check_output_size(settings, request.width, request.height)
+    steps = seed_steps(request.operation, request.width, request.height)
     return Order(
         operation=request.operation,
-        steps=seed_steps(request.operation, request.width, request.height),
-        output=Output(format=request.output_format),
+        variants={"default": Variant(steps=steps, output=Output(format=request.output_format))},
+        paths={"default": "steps"},
         width=request.width,
         height=request.height,
     )
@@ -208,30 +212,43 @@ def _seed_order(request: SubmitRequest | UploadParameters, settings: Settings) -
 
 def _document_order(document: Document, settings: Settings) -> Order:
     """Check what the types cannot: the deployment's limits, a resize with a side."""
-    if len(document.steps) > settings.max_steps:
+    try:
+        variants = document.renditions()
+    except ValueError as exc:
+        raise InvalidField(f"invalid field `variants.default`: {exc}") from None
+    if len(variants) > settings.max_variants:
         raise InvalidField(
-            f"invalid field `steps`: at most {settings.max_steps} steps are allowed"
-            f" (MAX_STEPS), got {len(document.steps)}"
+            f"invalid field `variants`: at most {settings.max_variants} variants are allowed"
+            f" (MAX_VARIANTS), got {len(variants)}"
         )
-    for index, step in enumerate(document.steps):
+    top_level = document.steps is not None or document.output is not None
+    paths = {
+        name: "steps" if name == "default" and top_level else f"variants.{name}.steps"
+        for name in variants
+    }
+    for name, variant in variants.items():
+        _check_steps(variant.steps, paths[name], settings)
+    return Order(operation="steps", variants=variants, paths=paths)
+
+
+def _check_steps(steps: list[Step], path: str, settings: Settings) -> None:
+    if len(steps) > settings.max_steps:
+        raise InvalidField(
+            f"invalid field `{path}`: at most {settings.max_steps} steps are allowed"
+            f" (MAX_STEPS), got {len(steps)}"
+        )
+    for index, step in enumerate(steps):
         if not isinstance(step, Resize):
             continue
         if step.width is None and step.height is None:
-            raise InvalidField(f"invalid field `steps[{index}]`: a resize needs a width or height")
+            raise InvalidField(f"invalid field `{path}[{index}]`: a resize needs a width or height")
         for name in ("width", "height"):
             value = getattr(step, name)
             if value is not None and value > settings.max_dimension:
                 raise InvalidField(
-                    f"invalid field `steps[{index}].{name}`: must be between 1 and"
+                    f"invalid field `{path}[{index}].{name}`: must be between 1 and"
                     f" {settings.max_dimension} (MAX_DIMENSION), got {value}"
                 )
-    canonical = Document(steps=document.steps, output=document.output)
-    return Order(
-        operation="steps",
-        steps=document.steps,
-        output=document.output,
-        document=msgspec.json.encode(canonical),
-    )
 
 
 def parse_json(body: bytes, settings: Settings) -> tuple[Order, bytes]:
@@ -299,21 +316,33 @@ def check_upload(image: bytes | Path, order: Order, settings: Settings) -> JobPl
         raise InvalidField("the upload is empty; send the image bytes")
     check_size(size, settings.max_upload_bytes)
     info = inspect_upload(image, settings)
-    try:
-        plan = imaging.plan(
-            order.steps,
-            info.displayed,
-            max_pixels=settings.max_output_pixels,
-            watermark=settings.watermark_path is not None,
+    planned: dict[str, PlannedOutput] = {}
+    decided: dict[str, Variant] = {}
+    for name, variant in order.variants.items():
+        try:
+            plan = imaging.plan(
+                variant.steps,
+                info.displayed,
+                max_pixels=settings.max_output_pixels,
+                watermark=settings.watermark_path is not None,
+                path=order.paths[name],
+            )
+        except imaging.ImagingError as exc:
+            raise UnprocessableImage(exc.message, code=exc.code) from None
+        output_format = _output_format(variant.output.format, info)
+        planned[name] = PlannedOutput(
+            format=output_format, width=plan.width, height=plan.height, exact=plan.exact
         )
-    except imaging.ImagingError as exc:
-        raise UnprocessableImage(exc.message, code=exc.code) from None
-    document = order.document is not None
+        output = msgspec.structs.replace(variant.output, format=output_format)
+        decided[name] = msgspec.structs.replace(variant, output=output)
+    first = planned[next(iter(planned))]
+    seed = order.operation != "steps"
     return JobPlan(
         source_format=info.format,
         order=order,
-        output_format=_output_format(order.output.format, info),
-        width=plan.width if document else order.width,
-        height=plan.height if document else order.height,
-        exact=plan.exact,
+        planned=planned,
+        output_format=first.format,
+        width=order.width if seed else first.width,
+        height=order.height if seed else first.height,
+        document=None if seed else msgspec.json.encode(Document(variants=decided)),
     )

@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import get_args
 
 import anyio
 import msgspec
@@ -25,6 +26,7 @@ import trio
 import imaging
 from app.errors import QueueFull
 from app.logs import log_event, monotonic_ms
+from app.outputs import VariantResult, document_of, encode_results, output_keys
 from app.queue import JobQueue
 from app.runner import Runner
 from app.settings import Settings
@@ -74,22 +76,37 @@ def _is_zombie(pid: int) -> bool:
 
 def job_spec(record: JobRecord, settings: Settings) -> imaging.JobSpec:
     """What a worker process is asked to do for a job's row."""
-    if record.spec is not None:
-        document = msgspec.json.decode(record.spec, type=imaging.Document)
-        steps, quality = document.steps, document.output.quality
-    else:
+    document = document_of(record)
+    if document is None:
         assert record.operation != "steps", "a job of steps has its document"
-        steps, quality = seed_steps(record.operation, record.width, record.height), None
+        steps = seed_steps(record.operation, record.width, record.height)
+        renditions = {"default": imaging.Rendition(steps=steps, output_format=record.output_format)}
+    else:
+        renditions = {
+            name: imaging.Rendition(
+                steps=variant.steps,
+                output=variant.output,
+                output_format=_decided_format(variant.output.format),
+            )
+            for name, variant in (document.variants or {}).items()
+        }
     watermark = settings.watermark_path
     return imaging.JobSpec(
-        steps=steps,
-        output_format=record.output_format,
-        jpeg_quality=quality or settings.jpeg_quality,
+        variants=renditions,
+        jpeg_quality=settings.jpeg_quality,
         max_pixels=settings.max_pixels,
         max_output_pixels=settings.max_output_pixels,
         allowed_formats=frozenset(settings.allowed_formats),
         watermark_path=None if watermark is None else str(watermark),
     )
+
+
+def _decided_format(output_format: str | None) -> imaging.OutputFormat:
+    """A stored document's format, decided at submit (`jpg` is spelled `jpeg` there)."""
+    return _FORMATS[output_format or ""]
+
+
+_FORMATS: dict[str, imaging.OutputFormat] = {name: name for name in get_args(imaging.OutputFormat)}
 
 
 class _Worker:
@@ -235,31 +252,46 @@ class WorkerPool:
             queue_wait_ms=round((time.time() - record.created_at) * 1000, 1),
             attempt=record.attempts,
         )
-        temp = self._storage.temp_path(record.output_key)
-        committed = False
+        keys = output_keys(record)
+        temps = {name: self._storage.temp_path(key) for name, key in keys.items()}
+        committed: list[str] = []
         try:
-            outcome = await self._process(record, str(temp))
-            if isinstance(outcome, imaging.Result):
-                await self._storage.commit(temp, record.output_key)
-                committed = True
+            outcome = await self._process(record, {name: str(t) for name, t in temps.items()})
+            if isinstance(outcome, dict):
+                for name in outcome:
+                    await self._storage.commit(temps[name], keys[name])
+                    committed.append(name)
+                first = outcome[next(iter(outcome))]
+                results = {
+                    name: VariantResult(
+                        format=result.format,
+                        width=result.width,
+                        height=result.height,
+                        bytes=result.bytes,
+                        key=keys[name],
+                    )
+                    for name, result in outcome.items()
+                }
                 done = await self._store.complete(
                     job_id,
                     owner=self.owner,
-                    width=outcome.width,
-                    height=outcome.height,
-                    size_bytes=outcome.bytes,
+                    width=first.width,
+                    height=first.height,
+                    size_bytes=first.bytes,
+                    results=None if record.spec is None else encode_results(results),
                 )
                 if not done:
-                    # Deleted meanwhile (or the claim was lost): the output has no owner.
-                    await self._storage.remove(record.output_key)
+                    # Deleted meanwhile (or the claim was lost): the outputs have no owner.
+                    await self._storage.remove(*keys.values())
                     return
                 log_event(
                     "job.finished",
                     job_id=job_id,
                     operation=record.operation,
-                    width=outcome.width,
-                    height=outcome.height,
-                    bytes=outcome.bytes,
+                    width=first.width,
+                    height=first.height,
+                    bytes=sum(result.bytes for result in outcome.values()),
+                    variants=len(outcome),
                     processing_ms=monotonic_ms(started),
                 )
             else:
@@ -283,18 +315,24 @@ class WorkerPool:
                 log_event("job.released", job_id=job_id)
             raise
         finally:
-            if not committed:
+            if len(committed) < len(keys):
                 with trio.CancelScope(shield=True):
-                    await self._storage.discard(temp)
+                    for name, temp in temps.items():
+                        if name not in committed:
+                            await self._storage.discard(temp)
+                    # A job is all its outputs or none of them.
+                    await self._storage.remove(*(keys[name] for name in committed))
 
-    async def _process(self, record: JobRecord, temp: str) -> imaging.Result | tuple[str, str]:
+    async def _process(
+        self, record: JobRecord, temps: dict[str, str]
+    ) -> dict[str, imaging.Result] | tuple[str, str]:
         spec = job_spec(record, self._settings)
         source = str(self._storage.path(record.input_key))
         timeout = self._settings.job_timeout_s
         try:
             async with self._runner.reserve() as slot:
                 with trio.fail_after(timeout):
-                    return await slot.run(imaging.process, spec, source, temp)
+                    return await slot.run(imaging.process_variants, spec, source, temps)
         except trio.TooSlowError:
             return "timeout", f"processing took longer than the {timeout:g} s limit"
         except imaging.ImagingError as exc:

@@ -109,7 +109,7 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="imgjobs-ceiling-") as scratch:
         src = str(source_path(workload, corpus, Path(scratch)))
         spec = job_spec(workload, source_bytes(workload, corpus))
-        suffix = "jpg" if spec.output_format == "jpeg" else "png"
+        suffix = "jpg" if spec.variants["default"].output_format == "jpeg" else "png"
         workers = [
             spawn.Process(
                 target=_loop,

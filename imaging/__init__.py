@@ -6,6 +6,7 @@ from imaging.codec import (
     DEFAULT_ALLOWED_FORMATS,
     Description,
     ImageInfo,
+    OutputFormat,
     describe,
     probe,
     sniff_format,
@@ -19,7 +20,7 @@ from imaging.errors import (
     UnsupportedFormat,
 )
 from imaging.geometry import GeometryError, Plan, plan
-from imaging.process import JobSpec, Result, process
+from imaging.process import JobSpec, Rendition, Result, process, process_variants
 
 __all__ = [
     "DEFAULT_ALLOWED_FORMATS",
@@ -32,7 +33,9 @@ __all__ = [
     "ImagingError",
     "JobSpec",
     "Output",
+    "OutputFormat",
     "Plan",
+    "Rendition",
     "Result",
     "Step",
     "TruncatedImage",
@@ -41,5 +44,6 @@ __all__ = [
     "plan",
     "probe",
     "process",
+    "process_variants",
     "sniff_format",
 ]

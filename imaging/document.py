@@ -36,12 +36,15 @@ __all__ = [
     "Sharpen",
     "Step",
     "Trim",
+    "Variant",
     "Watermark",
     "seed_steps",
 ]
 
 #: No document has more steps than this, whatever ``MAX_STEPS`` says (decoding stops there).
 STEP_LIMIT: Final = 100
+#: No document has more variants than this, whatever ``MAX_VARIANTS`` says.
+VARIANT_LIMIT: Final = 100
 #: Bounds every pixel amount a step names; the service's ``MAX_DIMENSION`` is usually lower.
 PIXEL_LIMIT: Final = 65_535
 
@@ -81,7 +84,14 @@ class FocalPoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 Position = Compass | Literal["entropy", "attention"] | FocalPoint
 
 
-class _Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
+class _Step(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    tag_field="op",
+):
     pass
 
 
@@ -189,7 +199,9 @@ Step = (
 )
 
 
-class Output(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Output(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """How the result is encoded; without a format, the seed's rule (JPEG and PNG sources
     keep theirs, others become PNG with alpha, else JPEG)."""
 
@@ -197,11 +209,39 @@ class Output(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     quality: Annotated[int, Meta(ge=1, le=100)] | None = None
 
 
-class Document(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What to make of an upload: steps in order, then the output."""
+StepList = Annotated[list[Step], Meta(max_length=STEP_LIMIT)]
+#: A variant's name: what its download path ends with.
+VariantName = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}$")]
 
-    steps: Annotated[list[Step], Meta(max_length=STEP_LIMIT)] = msgspec.field(default_factory=list)
+
+class Variant(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """One output of a job: its steps (on the decoded upload) and its encoding."""
+
+    steps: StepList = msgspec.field(default_factory=list)
     output: Output = msgspec.field(default_factory=Output)
+
+
+class Document(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """What to make of an upload: top-level ``steps``/``output`` are the variant named
+    ``default``; ``variants`` names more (all made from one decode)."""
+
+    steps: StepList | None = None
+    output: Output | None = None
+    variants: Annotated[dict[VariantName, Variant], Meta(max_length=VARIANT_LIMIT)] | None = None
+
+    def renditions(self) -> dict[str, Variant]:
+        """Every variant by name, ``default`` first when there is one."""
+        named = dict(self.variants or {})
+        if self.steps is not None or self.output is not None or not named:
+            default = Variant(steps=self.steps or [], output=self.output or Output())
+            if "default" in named:
+                raise ValueError("`default` is both the top-level steps and a variant")
+            return {"default": default, **named}
+        return named
 
 
 def seed_steps(operation: Literal["resize", "thumbnail"], width: int, height: int) -> list[Step]:

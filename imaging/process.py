@@ -60,32 +60,54 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Annotated, Literal
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Annotated, Any, Literal
 
 import msgspec
 from PIL import Image, ImageFile
 
 from imaging import codec, geometry, ops, steps
 from imaging.codec import DEFAULT_ALLOWED_FORMATS, OutputFormat
-from imaging.document import Step, seed_steps
-from imaging.errors import translate_pillow_errors
+from imaging.document import Output, Step, seed_steps
+from imaging.errors import ImagingError, translate_pillow_errors
 from imaging.fold import Fold, fold
 from imaging.memory import configure_memory
 
-__all__ = ["JobSpec", "Result", "configure_pillow", "process"]
+__all__ = ["JobSpec", "Rendition", "Result", "configure_pillow", "process", "process_variants"]
 
 
-class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What to do with one image: steps in order (sizes in displayed, EXIF-oriented pixels),
-    then the encoding, under the deployment's limits."""
+class Rendition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One output of a job: steps in order (sizes in displayed, EXIF-oriented pixels), then
+    the encoding."""
 
     steps: list[Step]
     output_format: OutputFormat
+    output: Output = msgspec.field(default_factory=Output)
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What to do with one image: its outputs by name, all made from one decode, under the
+    deployment's limits."""
+
+    variants: dict[str, Rendition]
     jpeg_quality: Annotated[int, msgspec.Meta(ge=1, le=100)] = 85
     max_pixels: Annotated[int, msgspec.Meta(ge=1)] = 50_000_000
     max_output_pixels: Annotated[int, msgspec.Meta(ge=1)] = 40_000_000
     allowed_formats: frozenset[str] = DEFAULT_ALLOWED_FORMATS
     watermark_path: str | None = None
+
+    @classmethod
+    def single(
+        cls,
+        steps: list[Step],
+        output_format: OutputFormat,
+        *,
+        output: Output | None = None,
+        **limits: Any,
+    ) -> JobSpec:
+        """A job with one output, named ``default``."""
+        rendition = Rendition(steps=steps, output_format=output_format, output=output or Output())
+        return cls(variants={"default": rendition}, **limits)
 
     @classmethod
     def seed(
@@ -94,15 +116,10 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         width: int,
         height: int,
         output_format: OutputFormat,
-        *,
-        max_pixels: int = 50_000_000,
+        **limits: Any,
     ) -> JobSpec:
         """The seed service's job: an exact size (``resize``) or a fit inside (``thumbnail``)."""
-        return cls(
-            steps=seed_steps(operation, width, height),
-            output_format=output_format,
-            max_pixels=max_pixels,
-        )
+        return cls.single(seed_steps(operation, width, height), output_format, **limits)
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -142,7 +159,7 @@ def _remove(path: str) -> None:
 
 
 def process(spec: JobSpec, src: str, dst: str) -> Result:
-    """Read the image at ``src``, apply ``spec`` and write the encoded result to ``dst``.
+    """Read the image at ``src``, apply ``spec`` (one output) and write it to ``dst``.
 
     Only the first frame is decoded, once; EXIF orientation is applied (cheaply: the stored
     image is resampled, then the small result is transposed). The output carries no
@@ -155,24 +172,56 @@ def process(spec: JobSpec, src: str, dst: str) -> Result:
     configures Pillow for the whole process and scopes warning filters with
     ``warnings.catch_warnings``, which is not thread-safe.
     """
+    (name,) = spec.variants
+    return process_variants(spec, src, {name: dst})[name]
+
+
+def process_variants(spec: JobSpec, src: str, dsts: Mapping[str, str]) -> dict[str, Result]:
+    """:func:`process` for every variant of ``spec``, each written to ``dsts[name]``, all
+    from one decode (at the largest scale any of them needs). If any fails, none is left
+    written, and with several variants the error's message names the one that failed."""
     configure_pillow(spec.max_pixels)
     try:
-        return _process(spec, src, dst)
+        return _process(spec, src, dsts)
     except BaseException:
-        _remove(dst)
+        for dst in dsts.values():
+            _remove(dst)
         raise
 
 
-def _fold(spec: JobSpec, stored: tuple[int, int], exif_orientation: int) -> Fold:
-    """Check the chain against the image's size (as at submit), then fold it."""
+def _folds(spec: JobSpec, stored: tuple[int, int], exif_orientation: int) -> dict[str, Fold]:
+    """Check each chain against the image's size (as at submit), then fold it."""
     orientation = geometry.Orientation.from_exif(exif_orientation)
-    geometry.plan(
-        spec.steps,
-        orientation.displayed(stored),
-        max_pixels=spec.max_output_pixels,
-        watermark=spec.watermark_path is not None,
-    )
-    return fold(spec.steps, stored, orientation)
+    folds = {}
+    for name, rendition in spec.variants.items():
+        with _naming(spec, name):
+            geometry.plan(
+                rendition.steps,
+                orientation.displayed(stored),
+                max_pixels=spec.max_output_pixels,
+                watermark=spec.watermark_path is not None,
+            )
+        folds[name] = fold(rendition.steps, stored, orientation)
+    return folds
+
+
+def _draft_size(folds: Iterable[Fold], stored: tuple[int, int]) -> tuple[int, int] | None:
+    """The decoded size every chain can start from: the largest they need."""
+    sizes = [chain.draft_size(stored) for chain in folds]
+    if any(size is None for size in sizes):
+        return None
+    return (max(s[0] for s in sizes if s), max(s[1] for s in sizes if s))
+
+
+@contextlib.contextmanager
+def _naming(spec: JobSpec, name: str) -> Iterator[None]:
+    """With several variants, an imaging error names the variant it happened in."""
+    try:
+        yield
+    except ImagingError as exc:
+        if len(spec.variants) == 1:
+            raise
+        raise type(exc)(f"variant {name!r}: {exc.message}") from exc
 
 
 def _decoded(
@@ -193,7 +242,7 @@ def _decoded(
     return ops.orient_by(image, chain.orientation.transpose)
 
 
-def _process(spec: JobSpec, src: str, dst: str) -> Result:
+def _process(spec: JobSpec, src: str, dsts: Mapping[str, str]) -> dict[str, Result]:
     limit = spec.max_pixels
     with warnings.catch_warnings(), open(src, "rb") as fp:
         # Damaged metadata (corrupt EXIF, a malformed MPO index, odd TIFF tags) makes Pillow
@@ -203,32 +252,56 @@ def _process(spec: JobSpec, src: str, dst: str) -> Result:
             stored = image.size
             with translate_pillow_errors(image.format or "image", limit=limit):
                 if image.format in codec.DRAFTABLE:
-                    chain = _fold(spec, stored, codec.read_orientation(image))  # APP1 only
-                    box = codec.decode_first_frame(
-                        image, max_pixels=limit, draft_size=chain.draft_size(stored)
-                    )
+                    folds = _folds(spec, stored, codec.read_orientation(image))  # APP1 only
+                    draft = _draft_size(folds.values(), stored)
+                    box = codec.decode_first_frame(image, max_pixels=limit, draft_size=draft)
                 else:
                     box = codec.decode_first_frame(image, max_pixels=limit)
                     # PNG may keep its orientation after the pixel data.
-                    chain = _fold(spec, stored, codec.read_orientation(image))
+                    folds = _folds(spec, stored, codec.read_orientation(image))
                 icc_profile = image.info.get("icc_profile")
                 working = ops.to_working_mode(image)
-            output = _decoded(working, chain, stored, box)
+            profile = icc_profile if isinstance(icc_profile, bytes) else None
+            results = {}
+            for name, rendition in spec.variants.items():
+                with _naming(spec, name):
+                    decoded = _decoded(working, folds[name], stored, box)
+                    output = _run(spec, rendition, folds[name], decoded)
+                    results[name] = _encode(spec, rendition, output, dsts[name], profile)
+    return results
+
+
+def _run(spec: JobSpec, rendition: Rendition, chain: Fold, image: Image.Image) -> Image.Image:
+    """The steps left after decoding; an error names the step as the plan does."""
     for step in chain.deferred:
-        output = steps.apply(output, step, watermark_path=spec.watermark_path)
+        image = _apply(spec, rendition, step, image)
     if chain.resize is not None:
-        output = steps.finish_resize(output, *chain.resize)
+        image = steps.finish_resize(image, *chain.resize)
     for step in chain.rest:
-        output = steps.apply(output, step, watermark_path=spec.watermark_path)
-    if spec.output_format == "jpeg":
-        output = ops.flatten(output)
+        image = _apply(spec, rendition, step, image)
+    return image
+
+
+def _apply(spec: JobSpec, rendition: Rendition, step: Step, image: Image.Image) -> Image.Image:
+    try:
+        return steps.apply(image, step, watermark_path=spec.watermark_path)
+    except geometry.GeometryError as exc:
+        index = next(i for i, mine in enumerate(rendition.steps) if mine is step)
+        where = f"steps[{index}] ({type(step).__name__.lower()})"
+        raise type(exc)(f"{where}: {exc.message}") from exc
+
+
+def _encode(
+    spec: JobSpec, rendition: Rendition, image: Image.Image, dst: str, icc_profile: bytes | None
+) -> Result:
+    output_format = rendition.output_format
+    if output_format == "jpeg":
+        image = ops.flatten(image)
     written = codec.save(
-        output,
+        image,
         dst,
-        output_format=spec.output_format,
-        jpeg_quality=spec.jpeg_quality,
-        icc_profile=icc_profile if isinstance(icc_profile, bytes) else None,
+        output_format=output_format,
+        jpeg_quality=rendition.output.quality or spec.jpeg_quality,
+        icc_profile=icc_profile,
     )
-    return Result(
-        width=output.width, height=output.height, format=spec.output_format, bytes=written
-    )
+    return Result(width=image.width, height=image.height, format=output_format, bytes=written)

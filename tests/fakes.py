@@ -77,7 +77,14 @@ class FakeStore:
         return self.rows[job_id]
 
     async def complete(
-        self, job_id: str, *, owner: str, width: int, height: int, size_bytes: int
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        width: int,
+        height: int,
+        size_bytes: int,
+        results: bytes | None = None,
     ) -> bool:
         await trio.lowlevel.checkpoint()
         row = self.rows.get(job_id)
@@ -89,6 +96,7 @@ class FakeStore:
             result_width=width,
             result_height=height,
             result_bytes=size_bytes,
+            results=results,
         )
         return True
 
@@ -225,7 +233,7 @@ class FakeRunner:
             yield self
 
     async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
-        spec, source, _temp = args  # type: ignore[misc]
+        spec, source, _temps = args  # type: ignore[misc]
         job_id = Path(source).stem
         self.calls[job_id] += 1
         self.running += 1
@@ -237,8 +245,12 @@ class FakeRunner:
             await trio.sleep(self.duration_s)
         finally:
             self.running -= 1
-        resize = spec.steps[0]
+        resize = spec.variants["default"].steps[0]
         assert isinstance(resize, Resize)
-        return imaging.Result(  # type: ignore[return-value]
-            width=resize.width or 1, height=resize.height or 1, format=spec.output_format, bytes=100
+        result = imaging.Result(
+            width=resize.width or 1,
+            height=resize.height or 1,
+            format=spec.variants["default"].output_format,
+            bytes=100,
         )
+        return {"default": result}  # type: ignore[return-value]

@@ -24,7 +24,9 @@ PUBLIC_API = {
     "ImagingError",
     "JobSpec",
     "Output",
+    "OutputFormat",
     "Plan",
+    "Rendition",
     "Result",
     "Step",
     "TruncatedImage",
@@ -33,6 +35,7 @@ PUBLIC_API = {
     "plan",
     "probe",
     "process",
+    "process_variants",
     "sniff_format",
 }
 

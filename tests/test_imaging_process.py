@@ -73,7 +73,8 @@ def run(
     dst = tmp_path / f"out.{output_format}"
     seed = {"op": "resize", "width": size[0], "height": size[1]}
     seed.update({"fit": "fill", "enlarge": True} if operation == "resize" else {"fit": "inside"})
-    spec = msgspec.convert({"steps": [seed], "output_format": output_format, **options}, JobSpec)
+    rendition = {"steps": [seed], "output_format": output_format}
+    spec = msgspec.convert({"variants": {"default": rendition}, **options}, JobSpec)
     result = process(spec, str(src), str(dst))
     assert result.bytes == dst.stat().st_size
     assert result.format == output_format
@@ -300,16 +301,20 @@ def test_an_oversized_resize_target_is_refused_before_decoding(tmp_path: Path) -
 
 def test_job_spec_validates_and_pickles() -> None:
     steps = [{"op": "resize", "width": 10, "height": 20, "fit": "inside"}]
-    spec = msgspec.convert({"steps": steps, "output_format": "png"}, JobSpec)
+    default = {"steps": steps, "output_format": "png"}
+    spec = msgspec.convert({"variants": {"default": default}}, JobSpec)
     assert spec == JobSpec.seed("thumbnail", 10, 20, "png")
     assert pickle.loads(pickle.dumps(spec)) == spec
     assert spec.jpeg_quality == 85
     assert spec.max_pixels == 50_000_000
-    for bad in ({"jpeg_quality": 101}, {"output_format": "jpg"}, {"extra": 1}):
+    for bad in ({"jpeg_quality": 101}, {"max_pixels": 0}, {"extra": 1}):
         with pytest.raises(msgspec.ValidationError):
-            msgspec.convert({"steps": steps, "output_format": "png", **bad}, JobSpec)
+            msgspec.convert({"variants": {"default": default}, **bad}, JobSpec)
+    with pytest.raises(msgspec.ValidationError, match=r"variants\[\.\.\.\]\.output_format"):
+        msgspec.convert({"variants": {"v": {**default, "output_format": "jpg"}}}, JobSpec)
+    bad_step = {**default, "steps": [{**steps[0], "width": 0}]}
     with pytest.raises(msgspec.ValidationError, match=r"steps\[0\]\.width"):
-        msgspec.convert({"steps": [{**steps[0], "width": 0}], "output_format": "png"}, JobSpec)
+        msgspec.convert({"variants": {"default": bad_step}}, JobSpec)
 
 
 def test_result_encodes_to_json() -> None:

@@ -34,11 +34,11 @@ RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
 def steps_of(*steps: dict[str, Any]) -> Any:
-    return msgspec.convert({"steps": list(steps)}, Document).steps
+    return msgspec.convert({"steps": list(steps)}, Document).steps or []
 
 
 def run(src: Path, dst: Path, *steps: dict[str, Any], **options: Any) -> Image.Image:
-    spec = JobSpec(steps=steps_of(*steps), output_format=options.pop("fmt", "png"), **options)
+    spec = JobSpec.single(steps_of(*steps), options.pop("fmt", "png"), **options)
     result = process(spec, str(src), str(dst))
     image = Image.open(dst)
     image.load()

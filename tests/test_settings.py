@@ -51,6 +51,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "JOB_TTL": "60",
         "BODY_TIMEOUT": "5",
         "MAX_STEPS": "4",
+        "MAX_VARIANTS": "3",
         "MAX_OUTPUT_PIXELS": "2000000",
         "WATERMARK_PATH": str(watermark),
     }
@@ -78,6 +79,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         job_ttl_s=60,
         body_timeout_s=5,
         max_steps=4,
+        max_variants=3,
         max_output_pixels=2_000_000,
         watermark_path=watermark,
     )
