@@ -308,6 +308,20 @@ def _output_format(requested: str | None, info: imaging.ImageInfo) -> OutputForm
     return "jpeg" if requested in ("jpeg", "jpg") else "png"
 
 
+# The widest or tallest image each encoder can write.
+_MAX_SIDE = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383, "avif": 65_535, "gif": 65_535}
+
+
+def _check_side(plan: imaging.Plan, output_format: str, path: str) -> None:
+    most = _MAX_SIDE[output_format]
+    if max(plan.width, plan.height) > most:
+        raise UnprocessableImage(
+            f"{path}: the result would be {plan.width}x{plan.height}, and {output_format} images"
+            f" can be at most {most:,} pixels wide or high",
+            code="output_too_large",
+        )
+
+
 def check_upload(image: bytes | Path, order: Order, settings: Settings) -> JobPlan:
     """Check the image (bytes, or a file already received) and the order against its
     header: 422 for steps that do not fit it (a crop outside, an output too large)."""
@@ -330,6 +344,7 @@ def check_upload(image: bytes | Path, order: Order, settings: Settings) -> JobPl
         except imaging.ImagingError as exc:
             raise UnprocessableImage(exc.message, code=exc.code) from None
         output_format = _output_format(variant.output.format, info)
+        _check_side(plan, output_format, order.paths[name])
         planned[name] = PlannedOutput(
             format=output_format, width=plan.width, height=plan.height, exact=plan.exact
         )
