@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # What pillow-simd needs to build with JPEG, PNG, WebP, TIFF, LCMS and JPEG 2000 support.
 DEBIAN_PACKAGES := gcc make zlib1g-dev libjpeg62-turbo-dev libwebp-dev libtiff-dev \
 	liblcms2-dev libopenjp2-7-dev libfreetype-dev libimagequant-dev python3-dev python3-venv
+# AVIF and HEIF (in and out) beside pillow-simd: pinned here, installed without their
+# dependencies (pillow-heif requires `pillow`, which would replace pillow-simd).
+NO_DEPS_PACKAGES := pillow-avif-plugin==1.6.0 pillow-heif==1.8.1
 # pillow-simd builds SSE4 code by default; AVX2 where the CPU has it.
 SIMD_CFLAGS := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo -mavx2)
 
@@ -32,13 +35,15 @@ system:
 		fi; \
 	fi
 
-$(STAMP): pyproject.toml requirements.lock | system
+$(STAMP): pyproject.toml requirements.lock Makefile | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@# Built here, with this CPU's flags: a cached wheel would ignore CC.
 	CC="cc $(SIMD_CFLAGS)" $(BIN)/pip install -q --no-cache-dir --no-binary pillow-simd \
 		"$$(grep -i '^pillow-simd==' requirements.lock)"
 	$(BIN)/pip install -q -r requirements.lock
+	@# With their dependencies, pip would put stock Pillow over pillow-simd.
+	$(BIN)/pip install -q --no-deps $(NO_DEPS_PACKAGES)
 	$(BIN)/pip install -q --no-deps -e .
 	@$(BIN)/python -c "import PIL; v = PIL.__version__; assert v.endswith('.post0'), \
 		'stock Pillow ' + v + ' replaced pillow-simd'; print('pillow-simd', v)"

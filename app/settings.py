@@ -13,9 +13,9 @@ from msgspec import Meta
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 PositiveInt = Annotated[int, Meta(ge=1)]
-AllowedFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO"]
+AllowedFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO", "AVIF", "HEIF"]
 DEFAULT_FORMATS: frozenset[AllowedFormat] = frozenset(
-    ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO")
+    ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO", "AVIF", "HEIF")
 )
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
@@ -50,7 +50,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     retry_after_s: PositiveInt = 1
     # Formats accepted at submit, by content (never by name). Pillow is never asked to open
-    # anything else: EPS would run Ghostscript, PSD/PDF/SVG/ICNS/FPX/JPEG 2000/HEIF are out.
+    # anything else: EPS would run Ghostscript, PSD/PDF/SVG/ICNS/FPX/JPEG 2000 are out. AVIF and
+    # HEIF (iPhone photos) are read by pillow-avif-plugin and pillow-heif.
     allowed_formats: frozenset[AllowedFormat] = DEFAULT_FORMATS
     # Address-space limit of each worker process (RLIMIT_AS), so no image can exhaust the host.
     worker_memory_bytes: Annotated[int, Meta(ge=64 * 1024 * 1024)] = 1024 * 1024 * 1024
@@ -61,6 +62,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # At most this many steps in a job document (per variant), and this many variants.
     max_steps: Annotated[int, Meta(ge=1, le=100)] = 10
     max_variants: Annotated[int, Meta(ge=1, le=100)] = 10
+    # At most this many frames in an animation that is kept animated (`output.animated`).
+    max_frames: Annotated[int, Meta(ge=1, le=10_000)] = 100
     # No step may produce more pixels than this (refused at submit with 422).
     max_output_pixels: PositiveInt = 40_000_000
     # The image the `watermark` step overlays (PNG with alpha, typically); none: no watermarks.
@@ -91,6 +94,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "BODY_TIMEOUT": "body_timeout_s",
     "MAX_STEPS": "max_steps",
     "MAX_VARIANTS": "max_variants",
+    "MAX_FRAMES": "max_frames",
     "MAX_OUTPUT_PIXELS": "max_output_pixels",
     "WATERMARK_PATH": "watermark_path",
 }

@@ -35,7 +35,8 @@ from app.models import (
     Variant,
 )
 from app.settings import Settings
-from imaging.document import Resize, seed_steps
+from imaging.document import Resize, Trim, seed_steps
+from imaging.encode import output_problem, resolve_format
 
 __all__ = [
     "JobPlan",
@@ -302,10 +303,31 @@ def parse_parameters(parameters: Mapping[str, str], settings: Settings) -> Order
     return _document_order(document, settings)
 
 
-def _output_format(requested: str | None, info: imaging.ImageInfo) -> OutputFormat:
-    if requested is None:
-        return info.default_output
-    return "jpeg" if requested in ("jpeg", "jpg") else "png"
+# An animated output of an animated source keeps its format unless told otherwise.
+_ANIMATED_DEFAULT: dict[str, OutputFormat] = {"GIF": "gif", "WEBP": "webp"}
+
+
+def _animation_problem(variant: Variant, output_format: OutputFormat) -> str | None:
+    """Why `animated` cannot be done as asked; None if it can."""
+    output = variant.output
+    if not output.animated:
+        return None
+    if output_format not in ("gif", "webp"):
+        return f"`animated` is written as gif or webp, not {output_format}"
+    if output.max_bytes is not None:
+        return "`max_bytes` does not apply to an animated output"
+    for index, step in enumerate(variant.steps):
+        if isinstance(step, Trim):
+            what = "`trim`"
+        elif isinstance(step, Resize) and step.position in ("entropy", "attention"):
+            what = f"position `{step.position}`"
+        else:
+            continue
+        return (
+            f"`animated`: steps[{index}] uses {what}, which decides from each frame's pixels"
+            " and would cut the frames differently"
+        )
+    return None
 
 
 # The widest or tallest image each encoder can write.
@@ -343,7 +365,16 @@ def check_upload(image: bytes | Path, order: Order, settings: Settings) -> JobPl
             )
         except imaging.ImagingError as exc:
             raise UnprocessableImage(exc.message, code=exc.code) from None
-        output_format = _output_format(variant.output.format, info)
+        default = _ANIMATED_DEFAULT.get(info.format, info.default_output)
+        output_format = resolve_format(
+            variant.output, default if variant.output.animated else info.default_output
+        )
+        problem = output_problem(variant.output, output_format) or _animation_problem(
+            variant, output_format
+        )
+        if problem is not None:
+            where = order.paths[name].removesuffix("steps") + "output"
+            raise InvalidField(f"invalid field `{where}`: {problem}")
         _check_side(plan, output_format, order.paths[name])
         planned[name] = PlannedOutput(
             format=output_format, width=plan.width, height=plan.height, exact=plan.exact

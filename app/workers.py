@@ -98,6 +98,7 @@ def job_spec(record: JobRecord, settings: Settings) -> imaging.JobSpec:
         max_output_pixels=settings.max_output_pixels,
         allowed_formats=frozenset(settings.allowed_formats),
         watermark_path=None if watermark is None else str(watermark),
+        max_frames=settings.max_frames,
     )
 
 
@@ -269,6 +270,7 @@ class WorkerPool:
                         height=result.height,
                         bytes=result.bytes,
                         key=keys[name],
+                        blurhash=result.blurhash,
                     )
                     for name, result in outcome.items()
                 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from io import BytesIO
@@ -21,17 +22,19 @@ __all__ = [
     "check_size",
     "decode_first_frame",
     "describe",
+    "icc_fits",
     "open_image",
     "probe",
     "read_orientation",
+    "register_plugins",
     "save",
     "sniff_format",
 ]
 
-OutputFormat = Literal["jpeg", "png"]
+OutputFormat = Literal["jpeg", "png", "webp", "avif", "gif"]
 
 DEFAULT_ALLOWED_FORMATS: frozenset[str] = frozenset(
-    {"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO"}
+    {"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO", "AVIF", "HEIF"}
 )
 
 #: How much of a file :func:`sniff_format` looks at.
@@ -188,11 +191,31 @@ def check_size(size: tuple[int, int], max_pixels: int) -> None:
         raise ImageTooLarge.for_size(width, height, max_pixels)
 
 
+@functools.cache
+def register_plugins() -> None:
+    """Teach Pillow to open AVIF (pillow-avif-plugin) and HEIF (pillow-heif) in this process.
+
+    Idempotent and cheap after the first call (~12 ms: the plugins' native libraries load);
+    :func:`open_image` calls it, so nothing loads them at import time. pillow-avif-plugin
+    registers itself over Pillow's own AVIF opener (pillow-simd is built without libavif).
+    Both decode on one thread: the worker pool already runs one process per core.
+    """
+    import pillow_avif.AvifImagePlugin  # type: ignore[import-untyped]  # registers "AVIF"
+    import pillow_heif
+
+    pillow_avif.AvifImagePlugin.DEFAULT_MAX_THREADS = 1
+    # Embedded thumbnails, depth maps and auxiliary images are never used: not parsed either.
+    pillow_heif.register_heif_opener(
+        thumbnails=False, depth_images=False, aux_images=False, decode_threads=1
+    )
+
+
 def open_image(fp: IO[bytes], *, allowed: frozenset[str], max_pixels: int) -> ImageFile.ImageFile:
     """Open ``fp`` (header only) if its format is allowed and its size within the limit.
 
     The magic bytes are checked first, so Pillow never even tries a plugin outside
-    ``allowed``. Closing the returned image is the caller's job (use it in ``with``).
+    ``allowed``. Closing the returned image is the caller's job (use it in ``with``). The
+    AVIF and HEIF plugins read the whole file to parse its boxes (no pixels are decoded).
     """
     header = fp.read(HEADER_BYTES)
     fp.seek(0)
@@ -203,6 +226,8 @@ def open_image(fp: IO[bytes], *, allowed: frozenset[str], max_pixels: int) -> Im
     formats = [name for name in candidates if name in allowed]
     if not formats:
         raise UnsupportedFormat.detected(detected, allowed)
+    if detected in ("AVIF", "HEIF"):
+        register_plugins()
     # Pillow's own bomb check may fire first; its limit is what the client then hit.
     pillow_limit = Image.MAX_IMAGE_PIXELS
     limit = max_pixels if pillow_limit is None else min(max_pixels, 2 * pillow_limit)
@@ -383,8 +408,9 @@ def decode_first_frame(
     return box
 
 
-def _icc_fits(profile: bytes, mode: str) -> bool:
-    """True if the profile's colour space (bytes 16-20 of its header) matches ``mode``."""
+def icc_fits(profile: bytes, mode: str) -> bool:
+    """True if the ICC profile's colour space (bytes 16-20 of its header) matches ``mode``
+    (L, LA: GRAY; RGB, RGBA: RGB)."""
     return len(profile) >= 128 and profile[16:20] == _ICC_SPACES.get(mode)
 
 
@@ -398,16 +424,21 @@ def save(
 ) -> int:
     """Encode ``image`` to ``path`` and return the number of bytes written.
 
+    The seed's encoder: :func:`imaging.encode.encode` writes the same bytes with a default
+    :class:`~imaging.document.Output`, and takes every other option.
+
     Only the pixels and, if it matches the image's mode, ``icc_profile`` are written: the
     image's ``info`` (EXIF, XMP, comments, which some encoders pick up) is cleared first. If
     encoding fails, removing the partial file is the caller's job.
     """
+    if output_format not in _PILLOW_FORMAT:
+        raise ValueError(f"save() writes jpeg and png only, not {output_format}: use encode()")
     if output_format == "jpeg" and image.mode not in ("L", "RGB"):
         raise ValueError(f"cannot write mode {image.mode} as JPEG: flatten it first")
     params: dict[str, object] = {}
     if output_format == "jpeg":
         params["quality"] = jpeg_quality
-    if icc_profile and _icc_fits(icc_profile, image.mode):
+    if icc_profile and icc_fits(icc_profile, image.mode):
         params["icc_profile"] = icc_profile
     image.info.clear()
     with open(path, "wb") as fp:

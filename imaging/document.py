@@ -203,10 +203,30 @@ class Output(
     msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
     """How the result is encoded; without a format, the seed's rule (JPEG and PNG sources
-    keep theirs, others become PNG with alpha, else JPEG)."""
+    keep theirs, others become PNG with alpha, else JPEG). Which options fit which format is
+    :func:`imaging.encode.output_problem`'s to say."""
 
-    format: Literal["jpeg", "jpg", "png"] | None = None
+    format: Literal["jpeg", "jpg", "png", "webp", "avif", "gif"] | None = None
+    #: Lossy formats only; defaults: jpeg the deployment's ``JPEG_QUALITY`` (85), webp 80, avif 60.
     quality: Annotated[int, Meta(ge=1, le=100)] | None = None
+    #: Progressive JPEG (JPEG only).
+    progressive: bool = False
+    #: webp, avif (avif: quality 100 with full chroma, within a level or two of the source).
+    lossless: bool = False
+    #: A palette of at most this many colours (libimagequant): png, gif.
+    colors: Annotated[int, Meta(ge=2, le=256)] | None = None
+    #: Lower the quality (png, gif: the colours) until the output fits, else the job fails
+    #: ``max_bytes_unreachable``.
+    max_bytes: Annotated[int, Meta(ge=1)] | None = None
+    #: ``keep`` the source's ICC profile (when it fits the output), or convert to ``srgb``
+    #: and write none.
+    icc: Literal["keep", "srgb"] = "keep"
+    #: What alpha is flattened onto for formats without alpha (its own alpha is ignored).
+    background: Color = "#ffffff"
+    #: Add a BlurHash placeholder of the output (4x3 components) to the job view.
+    blurhash: bool = False
+    #: Keep every frame of an animated GIF/WebP source.
+    animated: bool = False
 
 
 StepList = Annotated[list[Step], Meta(max_length=STEP_LIMIT)]

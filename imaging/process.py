@@ -61,14 +61,16 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import msgspec
 from PIL import Image, ImageFile
 
-from imaging import codec, geometry, ops, steps
+from imaging import animation, codec, geometry, ops, steps
 from imaging.codec import DEFAULT_ALLOWED_FORMATS, OutputFormat
 from imaging.document import Output, Step, seed_steps
+from imaging.encode import blurhash_of, encode
 from imaging.errors import ImagingError, translate_pillow_errors
 from imaging.fold import Fold, fold
 from imaging.memory import configure_memory
@@ -95,6 +97,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     max_output_pixels: Annotated[int, msgspec.Meta(ge=1)] = 40_000_000
     allowed_formats: frozenset[str] = DEFAULT_ALLOWED_FORMATS
     watermark_path: str | None = None
+    max_frames: Annotated[int, msgspec.Meta(ge=1)] = 100
 
     @classmethod
     def single(
@@ -122,13 +125,16 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         return cls.single(seed_steps(operation, width, height), output_format, **limits)
 
 
-class Result(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The output as written: its real size, format and length in bytes."""
+class Result(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """The output as written: its real size, format, length in bytes and, if asked, BlurHash."""
 
     width: int
     height: int
     format: OutputFormat
     bytes: int
+    blurhash: str | None = None
 
 
 def configure_pillow(max_pixels: int) -> None:
@@ -262,12 +268,65 @@ def _process(spec: JobSpec, src: str, dsts: Mapping[str, str]) -> dict[str, Resu
                 icc_profile = image.info.get("icc_profile")
                 working = ops.to_working_mode(image)
             profile = icc_profile if isinstance(icc_profile, bytes) else None
+            moving = {
+                name: rendition
+                for name, rendition in spec.variants.items()
+                if rendition.output.animated and animation.is_animated(image)
+            }
             results = {}
             for name, rendition in spec.variants.items():
+                if name in moving:
+                    continue
                 with _naming(spec, name):
                     decoded = _decoded(working, folds[name], stored, box)
                     output = _run(spec, rendition, folds[name], decoded)
                     results[name] = _encode(spec, rendition, output, dsts[name], profile)
+            if moving:
+                results.update(_animate(spec, image, moving, dsts))
+    return {name: results[name] for name in spec.variants}
+
+
+def _animate(
+    spec: JobSpec,
+    image: ImageFile.ImageFile,
+    renditions: dict[str, Rendition],
+    dsts: Mapping[str, str],
+) -> dict[str, Result]:
+    """Every frame through each animated variant's steps, then the animations written."""
+    loop = image.info.get("loop")
+    frames: dict[str, list[Image.Image]] = {name: [] for name in renditions}
+    durations = []
+    for frame, duration in animation.frames_of(
+        image, max_frames=spec.max_frames, max_pixels=spec.max_pixels
+    ):
+        durations.append(duration)
+        for name, rendition in renditions.items():
+            with _naming(spec, name):
+                output = frame
+                for step in rendition.steps:
+                    output = _apply(spec, rendition, step, output)
+                frames[name].append(output)
+    results = {}
+    for name, rendition in renditions.items():
+        with _naming(spec, name):
+            encoded = animation.encode_frames(
+                frames[name],
+                dsts[name],
+                durations=durations,
+                loop=loop if isinstance(loop, int) else None,
+                output=rendition.output,
+                output_format=rendition.output_format,
+                blurhash=partial(blurhash_of, output=rendition.output)
+                if rendition.output.blurhash
+                else None,
+            )
+        results[name] = Result(
+            width=encoded.width,
+            height=encoded.height,
+            format=encoded.format,
+            bytes=encoded.bytes,
+            blurhash=encoded.blurhash,
+        )
     return results
 
 
@@ -294,14 +353,18 @@ def _apply(spec: JobSpec, rendition: Rendition, step: Step, image: Image.Image) 
 def _encode(
     spec: JobSpec, rendition: Rendition, image: Image.Image, dst: str, icc_profile: bytes | None
 ) -> Result:
-    output_format = rendition.output_format
-    if output_format == "jpeg":
-        image = ops.flatten(image)
-    written = codec.save(
+    encoded = encode(
         image,
         dst,
-        output_format=output_format,
-        jpeg_quality=rendition.output.quality or spec.jpeg_quality,
+        output=rendition.output,
+        output_format=rendition.output_format,
+        default_jpeg_quality=spec.jpeg_quality,
         icc_profile=icc_profile,
     )
-    return Result(width=image.width, height=image.height, format=output_format, bytes=written)
+    return Result(
+        width=encoded.width,
+        height=encoded.height,
+        format=encoded.format,
+        bytes=encoded.bytes,
+        blurhash=encoded.blurhash,
+    )

@@ -254,7 +254,7 @@ CHAIN = {
         {"op": "sharpen"},
         {"op": "grayscale"},
     ],
-    "output": {"format": "png", "quality": 90},
+    "output": {"format": "png", "colors": 64},
 }
 
 
@@ -274,7 +274,7 @@ async def test_a_document_completes_on_every_upload_form(
     assert (job["result_width"], job["result_height"]) == (plan["width"], plan["height"])
     assert job["result_bytes"] > 0
     assert echoed(job) == canonical(CHAIN)
-    assert canonical(CHAIN)["output"] == {"format": "png", "quality": 90}
+    assert canonical(CHAIN)["output"] == {"format": "png", "colors": 64}
     assert await download(client, job_id) == ("png", (90, 160))
 
 

@@ -24,10 +24,10 @@ LIMIT = 50_000_000
 CHILD_TIMEOUT_S = 30
 
 # What each file does, as observed with pillow-simd 12.1.1 (libjpeg-turbo 2.1.5, libtiff
-# 4.5.0): (stage, outcome). stage "probe" = rejected at submit; stage "process" = accepted at
-# submit, then the job ends with this code, or "ok" (a valid image despite its name or its
-# damaged metadata). "crash" / "hang" would mark a file that kills or stalls the worker:
-# none does today.
+# 4.5.0) and pillow-heif 1.8.1 (libheif 1.23.6): (stage, outcome). stage "probe" = rejected
+# at submit; stage "process" = accepted at submit, then the job ends with this code, or "ok"
+# (a valid image despite its name or its damaged metadata). "crash" / "hang" would mark a
+# file that kills or stalls the worker: none does today.
 EXPECTED: dict[str, tuple[str, str]] = {
     "gnome__oceans.svg": ("probe", "unsupported_format"),
     "handmade__Storm_first_half.jpg": ("process", "truncated_image"),
@@ -44,7 +44,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "pillow__decompression_bomb.gif": ("probe", "image_too_large"),
     "pillow__decompression_bomb.ico": ("probe", "unsupported_format"),
     "pillow__duplicate_xref_entry.pdf": ("probe", "unsupported_format"),
-    "pillow__hopper.heif": ("probe", "unsupported_format"),
+    "pillow__hopper.heif": ("process", "ok"),  # a valid HEIC (Pillow tests AVIF refusing it)
     "pillow__hopper_bad_exif.jpg": ("process", "ok"),  # corrupt EXIF, fine pixels
     "pillow__hopper_unknown_pixel_mode.tif": ("probe", "corrupt_image"),
     "pillow__invalid-exif.jpg": ("process", "ok"),

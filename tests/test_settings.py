@@ -52,6 +52,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "BODY_TIMEOUT": "5",
         "MAX_STEPS": "4",
         "MAX_VARIANTS": "3",
+        "MAX_FRAMES": "7",
         "MAX_OUTPUT_PIXELS": "2000000",
         "WATERMARK_PATH": str(watermark),
     }
@@ -80,6 +81,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         body_timeout_s=5,
         max_steps=4,
         max_variants=3,
+        max_frames=7,
         max_output_pixels=2_000_000,
         watermark_path=watermark,
     )
