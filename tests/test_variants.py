@@ -109,7 +109,7 @@ def test_a_failing_variant_fails_them_all_named_and_leaves_no_output(tmp_path: P
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(tmp_path, max_variants=4)
+    settings = make_settings(tmp_path, max_variants=5)
     async with open_server(settings) as server, httpx.AsyncClient(base_url=server.url) as client:
         yield client
 
@@ -208,7 +208,7 @@ async def test_a_failing_variant_fails_the_job_naming_it(
     ("document", "words"),
     [
         ({"variants": {"Big Name": VARIANTS["thumb"]}}, ["variants", "regex"]),
-        ({"variants": {f"v{n}": VARIANTS["thumb"] for n in range(5)}}, ["at most 4 variants"]),
+        ({"variants": {f"v{n}": VARIANTS["thumb"] for n in range(6)}}, ["at most 5 variants"]),
         (
             {"variants": {"thumb": {"steps": [{"op": "resize", "width": 5000}]}}},
             ["`variants.thumb.steps[0].width`", "4096"],
@@ -244,3 +244,116 @@ async def test_geometry_is_checked_per_variant_at_submit(client: httpx.AsyncClie
     )
     body = assert_problem(response, 422, "variants.wide.steps[0] (crop)")
     assert body["code"] == "crop_outside_image"
+
+
+async def test_every_output_format_over_http_with_its_type_and_a_blurhash(
+    client: httpx.AsyncClient,
+) -> None:
+    codec.register_plugins()  # so that this process reads AVIF back
+    formats = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF", "gif": "GIF"}
+    document = {
+        "variants": {
+            name: {
+                "steps": [{"op": "resize", "width": 160}],
+                "output": {"format": name, "blurhash": name == "webp"},
+            }
+            for name in formats
+        }
+    }
+    job_id = await submit(client, PHOTO, document)
+    view = (await client.get(f"/jobs/{job_id}", params={"wait": 60})).json()
+    assert view["status"] == "completed", view
+    assert len(view["variants"]["webp"]["blurhash"]) == 28  # 4x3 components
+    assert "blurhash" not in view["variants"]["jpeg"]
+    for name, pillow_name in formats.items():
+        response = await client.get(view["variants"][name]["download"])
+        assert response.headers["content-type"] == f"image/{name}"
+        with Image.open(io.BytesIO(response.content)) as image:
+            assert image.format == pillow_name
+            assert image.size == (160, 100)
+            assert "exif" not in image.info
+
+
+async def test_an_unreachable_max_bytes_fails_the_job_naming_the_variant(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    document = {
+        "variants": {
+            "fine": VARIANTS["thumb"],
+            "tiny": {"steps": [{"op": "resize", "width": 800}], "output": {"max_bytes": 100}},
+        }
+    }
+    job_id = await submit(client, PHOTO, document)
+    view = (await client.get(f"/jobs/{job_id}", params={"wait": 60})).json()
+    assert view["status"] == "failed"
+    assert view["error"]["code"] == "max_bytes_unreachable"
+    assert view["error"]["message"].startswith("variant 'tiny': ")
+    assert not any((tmp_path / "outputs").iterdir())
+
+
+async def test_an_animated_gif_stays_animated_over_http(client: httpx.AsyncClient) -> None:
+    gif = (GOOD / "pillow__iss634.gif").read_bytes()
+    document = {"steps": [{"op": "resize", "width": 64}], "output": {"animated": True}}
+    dry = await client.post(
+        "/jobs",
+        params={"spec": json.dumps(document), "dry_run": "true"},
+        content=gif,
+        headers={"Content-Type": "image/gif"},
+    )
+    assert dry.json()["variants"]["default"]["format"] == "gif"
+    job_id = await submit(client, gif, document)
+    view = (await client.get(f"/jobs/{job_id}", params={"wait": 60})).json()
+    assert view["status"] == "completed", view
+    download = await client.get(f"/jobs/{job_id}/download")
+    with Image.open(io.BytesIO(download.content)) as image:
+        assert image.format == "GIF"
+        assert getattr(image, "n_frames", 1) == 42
+        assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("output", "steps", "words"),
+    [
+        ({"animated": True, "format": "jpeg"}, [], ["`output`", "gif or webp, not jpeg"]),
+        ({"animated": True}, [{"op": "trim"}], ["steps[0] uses `trim`"]),
+        (
+            {"animated": True},
+            [{"op": "resize", "width": 9, "height": 9, "position": "entropy"}],
+            ["position `entropy`"],
+        ),
+        ({"format": "jpeg", "lossless": True}, [], ["`lossless` applies to webp and avif"]),
+        ({"format": "png", "quality": 50}, [], ["`quality`"]),
+    ],
+)
+async def test_outputs_that_cannot_be_made_get_400_naming_them(
+    client: httpx.AsyncClient, output: dict[str, Any], steps: list[Any], words: list[str]
+) -> None:
+    gif = (GOOD / "pillow__iss634.gif").read_bytes()
+    response = await client.post(
+        "/jobs",
+        params={"spec": json.dumps({"steps": steps, "output": output})},
+        content=gif,
+        headers={"Content-Type": "image/gif"},
+    )
+    assert_problem(response, 400, *words)
+
+
+async def test_a_heic_upload_is_probed_and_processed(client: httpx.AsyncClient) -> None:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    buffer = io.BytesIO()
+    with Image.open(PATH) as photo:
+        photo.convert("RGB").resize((640, 400)).save(buffer, format="HEIF", quality=80)
+    heic = buffer.getvalue()
+    probe = await client.post("/probe", content=heic, headers={"Content-Type": "image/heic"})
+    assert probe.json()["format"] == "HEIF"
+    assert (probe.json()["width"], probe.json()["height"]) == (640, 400)
+    job_id = await submit(client, heic, {"steps": [{"op": "resize", "width": 320}]})
+    view = (await client.get(f"/jobs/{job_id}", params={"wait": 60})).json()
+    assert view["status"] == "completed", view
+    assert (view["output_format"], view["result_width"], view["result_height"]) == (
+        "jpeg",
+        320,
+        200,
+    )
