@@ -11,17 +11,21 @@ DEBIAN_PACKAGES := gcc make zlib1g-dev libjpeg62-turbo-dev libwebp-dev libtiff-d
 	liblcms2-dev libopenjp2-7-dev libfreetype-dev libimagequant-dev python3-dev python3-venv
 # AVIF and HEIF (in and out) beside pillow-simd: pinned here, installed without their
 # dependencies (pillow-heif requires `pillow`, which would replace pillow-simd).
-NO_DEPS_PACKAGES := pillow-avif-plugin==1.6.0 pillow-heif==1.8.1
+# The API docs page's Swagger UI comes from drf-spectacular-sidecar's files (it requires
+# Django for its own use, which the service does not need).
+NO_DEPS_PACKAGES := pillow-avif-plugin==1.6.0 pillow-heif==1.8.1 drf-spectacular-sidecar==2026.10.1
+TEST_DEBIAN_PACKAGES := chromium
 # pillow-simd builds SSE4 code by default; AVX2 where the CPU has it.
 SIMD_CFLAGS := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo -mavx2)
 
-.PHONY: all run test lint typecheck pytest system setup clean bench bench-pillow bench-peers \
+.PHONY: all run test lint typecheck pytest system system-test setup clean bench bench-pillow bench-peers \
 	bench-floor
 
 all: test
 
-system:
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+# Installs the Debian packages named in $(1) that are missing (as root; else says how).
+define install_debian
+	@missing=$$(for p in $(1); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
@@ -34,6 +38,14 @@ system:
 			exit 1; \
 		fi; \
 	fi
+endef
+
+system:
+	$(call install_debian,$(DEBIAN_PACKAGES))
+
+# What only the tests need: the browser the web page is tested in.
+system-test:
+	$(call install_debian,$(TEST_DEBIAN_PACKAGES))
 
 $(STAMP): pyproject.toml requirements.lock Makefile | system
 	$(PYTHON) -m venv $(VENV)
@@ -69,7 +81,7 @@ corpus: $(STAMP)
 		$(BIN)/python -m tests.corpus; \
 	fi
 
-pytest: $(STAMP) corpus
+pytest: $(STAMP) corpus system-test
 	$(BIN)/pytest
 
 test: lint typecheck pytest
