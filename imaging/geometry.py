@@ -219,6 +219,11 @@ def plan_resize(size: Size, step: Resize) -> ResizePlan:
     """Where a resize step puts the image (see :class:`ResizePlan`)."""
     box = resize_box(size, step)
     width, height = size
+    if step.width is None or step.height is None:
+        # One side alone: that side exactly, the other in proportion, whatever the fit.
+        grows = box[0] > width or box[1] > height
+        scaled = size if grows and not step.enlarge else box
+        return ResizePlan(scaled, None, None, None, scaled)
     if step.fit == "fill":
         scaled = box if step.enlarge else (min(box[0], width), min(box[1], height))
         return ResizePlan(scaled, None, None, None, scaled)

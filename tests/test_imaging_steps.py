@@ -109,6 +109,10 @@ def test_every_fit_gives_its_exact_size_for_every_orientation(
     [
         ({"width": 150}, (150, 100)),
         ({"height": 50}, (75, 50)),
+        ({"width": 161, "fit": "inside"}, (161, 107)),  # the side given, exactly
+        ({"width": 161, "fit": "contain"}, (161, 107)),
+        ({"width": 600}, (300, 200)),  # not enlarged
+        ({"height": 400, "enlarge": True}, (600, 400)),
         ({"width": 600, "height": 600, "fit": "inside"}, (300, 200)),  # never enlarged
         ({"width": 600, "height": 600, "fit": "inside", "enlarge": True}, (600, 400)),
         ({"width": 600, "height": 100, "fit": "cover"}, (300, 100)),  # not enlarged: cropped
