@@ -24,6 +24,8 @@ from app import errors
 from app.admission import UploadGate
 from app.application import ImgJobsApp
 from app.logs import configure_logging, log_event
+from app.metrics import blueprint as metrics_blueprint
+from app.page import blueprint as page_blueprint
 from app.routes import MAX_WAIT_S, blueprint, json_response
 from app.service import open_service
 from app.settings import Settings, load_settings
@@ -108,6 +110,8 @@ def create_app(settings: Settings | None = None) -> ImgJobsApp:
     # The service stops itself within SHUTDOWN_GRACE; this is the outer deadline.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_grace_s + 10
     app.register_blueprint(blueprint)
+    app.register_blueprint(metrics_blueprint)
+    app.register_blueprint(page_blueprint)
     app.uploads = UploadGate(UPLOAD_PLACES, max_wait_s=UPLOAD_MAX_WAIT_S, idle_s=UPLOAD_IDLE_S)
     stop = trio.Event()
     stopped = trio.Event()

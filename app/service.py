@@ -21,6 +21,7 @@ import trio
 
 from app.errors import RequestTimeout, ServiceStopping
 from app.logs import log_event
+from app.metrics import Metrics
 from app.outputs import output_key, output_keys
 from app.queue import JobQueue, Slot
 from app.runner import ProcessRunner, WorkerSetup
@@ -61,12 +62,14 @@ class Service:
         storage: LocalStorage,
         queue: JobQueue,
         pool: WorkerPool,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
         self.queue = queue
         self.pool = pool
+        self.metrics = metrics
         self.stopping = False
 
     def stop_intake(self) -> None:
@@ -215,6 +218,7 @@ class Service:
                 await self.storage.remove(input_key)
             raise
         slot.put()
+        self.metrics.upload_stored(size)
         log_event(
             "job.submitted",
             job_id=job_id,
@@ -275,7 +279,9 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         queue = JobQueue(settings.queue_size, retry_after_s=settings.retry_after_s)
         setup = WorkerSetup(memory_limit_bytes=settings.worker_memory_bytes)
         runner = ProcessRunner(settings.worker_pool_size, setup)
-        pool = WorkerPool(settings, store, storage, queue, runner)
+        metrics = Metrics()
+        pool = WorkerPool(settings, store, storage, queue, runner, metrics)
+        metrics.track(queue.statistics, pool.statistics)
         workers_done = trio.Event()
 
         async def serve_pool() -> None:
@@ -295,7 +301,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         nursery.start_soon(_sweep, pool)
         if settings.job_ttl_s > 0:
             nursery.start_soon(_expire, store, storage, settings.job_ttl_s)
-        service = Service(settings, store, storage, queue, pool)
+        service = Service(settings, store, storage, queue, pool, metrics)
         try:
             yield service
         finally:

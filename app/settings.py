@@ -47,6 +47,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     jpeg_quality: Annotated[int, Meta(ge=1, le=95)] = 85
     max_pixels: PositiveInt = 50_000_000
     admin_token: str | None = None
+    # When set, GET /metrics answers only `Authorization: Bearer <metrics_token>`.
+    metrics_token: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     retry_after_s: PositiveInt = 1
     # Formats accepted at submit, by content (never by name). Pillow is never asked to open
@@ -86,6 +88,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "JPEG_QUALITY": "jpeg_quality",
     "MAX_PIXELS": "max_pixels",
     "ADMIN_TOKEN": "admin_token",
+    "METRICS_TOKEN": "metrics_token",
     "LOG_LEVEL": "log_level",
     "RETRY_AFTER": "retry_after_s",
     "ALLOWED_FORMATS": "allowed_formats",

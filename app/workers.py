@@ -26,6 +26,7 @@ import trio
 import imaging
 from app.errors import QueueFull
 from app.logs import log_event, monotonic_ms
+from app.metrics import Metrics
 from app.outputs import VariantResult, document_of, encode_results, output_keys
 from app.queue import JobQueue
 from app.runner import Runner
@@ -130,12 +131,15 @@ class WorkerPool:
         storage: BlobStorage,
         queue: JobQueue,
         runner: Runner,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._storage = storage
         self._queue = queue
         self._runner = runner
+        # A pool without the service's metrics (a test's) counts into a registry nobody reads.
+        self._metrics = Metrics() if metrics is None else metrics
         self.owner = new_owner_id()
         self._target = settings.worker_pool_size
         self._workers: list[_Worker] = []
@@ -253,6 +257,7 @@ class WorkerPool:
             queue_wait_ms=round((time.time() - record.created_at) * 1000, 1),
             attempt=record.attempts,
         )
+        self._metrics.job_started(queued_s=time.time() - record.created_at)
         keys = output_keys(record)
         temps = {name: self._storage.temp_path(key) for name, key in keys.items()}
         committed: list[str] = []
@@ -308,6 +313,10 @@ class WorkerPool:
                     message=message,
                     processing_ms=monotonic_ms(started),
                 )
+            self._metrics.job_ended(
+                code=None if isinstance(outcome, dict) else outcome[0],
+                processing_s=time.monotonic() - started,
+            )
             self._announce(job_id)
         except trio.Cancelled:
             # Shutdown deadline or deletion: the worker process is already killed; give
@@ -365,6 +374,7 @@ class WorkerPool:
         )
         for job_id in failed:
             log_event("job.failed", level=logging.WARNING, job_id=job_id, code="interrupted")
+            self._metrics.job_ended(code="interrupted")
         free = self._queue.free_slots()
         if free <= 0:
             return 0

@@ -24,6 +24,7 @@ def test_defaults_are_the_seed_services_except_the_pool() -> None:
     assert settings.shutdown_grace_s == 30
     assert settings.max_dimension == 4096
     assert settings.admin_token is None
+    assert settings.metrics_token is None
 
 
 def test_every_variable_is_read(tmp_path: Path) -> None:
@@ -44,6 +45,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "JPEG_QUALITY": "90",
         "MAX_PIXELS": "1000000",
         "ADMIN_TOKEN": "t",
+        "METRICS_TOKEN": "m",
         "LOG_LEVEL": "debug",
         "RETRY_AFTER": "7",
         "ALLOWED_FORMATS": "jpeg, PNG",
@@ -73,6 +75,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         jpeg_quality=90,
         max_pixels=1_000_000,
         admin_token="t",
+        metrics_token="m",
         log_level="DEBUG",
         retry_after_s=7,
         allowed_formats=frozenset({"JPEG", "PNG"}),
