@@ -1,23 +1,21 @@
 """What the service does with every hostile file of the corpus, as a Markdown table.
 
 Starts a real server (``python -m app``), submits each file of the corpus's ``bad/`` folder
-(see ``bench.corpus``) to resize to 200x200, waits for accepted jobs to end, and prints one
-row per file: the answer at submit (status and error code) or the job's final status and
-code. Ends with the server's and its workers' peak memory and whether the server stayed
-healthy.
+(see ``bench.corpus``) to resize to 200x200 with the service's own client
+(``app.client.AsyncClient``), waits for accepted jobs to end, and prints one row per file:
+the answer at submit (status and error code) or the job's final status and code. Ends with
+the server's and its workers' peak memory and whether the server stayed healthy.
 
     python -m bench.hostile
 """
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
-import httpx
-import msgspec
 import trio
 
+from app.client import AsyncClient, HTTPError
 from bench.corpus import corpus_root
 from bench.procs import children, process_memory_mib
 from bench.server import ServerConfig, open_server
@@ -25,32 +23,24 @@ from bench.server import ServerConfig, open_server
 BAD = corpus_root() / "bad"
 
 
-async def outcome(client: httpx.AsyncClient, path: Path) -> tuple[str, str]:
+async def outcome(client: AsyncClient, path: Path) -> tuple[str, str]:
     data = await trio.Path(path).read_bytes()
-    body = {
-        "image_data": base64.b64encode(data).decode(),
-        "operation": "resize",
-        "width": 200,
-        "height": 200,
-    }
-    response = await client.post(
-        "/jobs", content=msgspec.json.encode(body), headers={"Content-Type": "application/json"}
-    )
-    if response.status_code != 202:
-        return f"{response.status_code} at submit", response.json()["code"]
-    job_id = response.json()["job_id"]
-    job = (await client.get(f"/jobs/{job_id}", params={"wait": "60"})).json()
-    return f"202, then {job['status']}", (job.get("error") or {}).get("code", "")
+    try:
+        job = await client.submit(data, resize=(200, 200))
+    except HTTPError as error:
+        return f"{error.status} at submit", error.code or ""
+    done = await client.wait(job.job_id, timeout_s=120)
+    return f"202, then {done.status}", done.error.code if done.error else ""
 
 
 async def main() -> None:
     files = sorted(p for p in BAD.iterdir() if p.suffix != ".tsv")
     async with (
         open_server(ServerConfig(pool_size=2)) as server,
-        httpx.AsyncClient(base_url=server.url, timeout=120) as client,
+        AsyncClient(server.url) as client,
     ):
         rows = [(path.name, *await outcome(client, path)) for path in files]
-        healthy = (await client.get("/health")).json()["status"]
+        healthy = (await client.health()).status
         server_peak = (process_memory_mib(server.pid) or (0.0, 0.0))[1]
         worker_peak = max(
             ((process_memory_mib(pid) or (0.0, 0.0))[1] for pid in children(server.pid)),

@@ -282,12 +282,6 @@ async def test_an_unanswered_method_is_a_405_problem_with_allow(client: httpx.As
     assert set(response.headers["allow"].split(", ")) >= {"GET", "HEAD"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hypercorn 0.18 recycles or closes the connection inside the app's last send(), which"
-    " quart-trio runs in a nursery it has just cancelled: the connection is left neither closed"
-    " nor read. Shielding the app's send in ImgJobsApp.asgi_app would fix it.",
-)
 async def test_a_late_body_of_a_get_leaves_the_connection_usable(tmp_path: Path) -> None:
     body = b'{"x": 1}'
     head = f"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n"
