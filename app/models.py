@@ -18,6 +18,7 @@ __all__ = [
     "DryRun",
     "Health",
     "JobError",
+    "JobList",
     "JobRequest",
     "JobStatus",
     "JobSubmitted",
@@ -124,6 +125,13 @@ class VariantView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     bytes: int
     download: str
     blurhash: str | None = None
+
+
+class JobList(msgspec.Struct, frozen=True, kw_only=True):
+    """Body of `GET /jobs`: jobs newest first; `next_cursor` fetches the next page."""
+
+    jobs: list[JobView]
+    next_cursor: str | None = None
 
 
 class PlannedOutput(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,6 +12,7 @@ from app.models import (
     Document,
     DryRun,
     Health,
+    JobList,
     JobRequest,
     JobSubmitted,
     JobView,
@@ -57,6 +58,7 @@ WIRE_TYPES: Final = (
     Output,
     JobSubmitted,
     JobView,
+    JobList,
     VariantView,
     DryRun,
     PlannedOutput,
@@ -149,6 +151,20 @@ _DOCS_FILE = {
     304: Reply("not modified"),
 }
 _ADMIN: tuple[dict[str, list[str]], ...] = ({"adminToken": []},)
+#: One server-sent event: its name is the job's status, its data the job view as JSON.
+_EVENT: Final[Schema] = {
+    "type": "object",
+    "properties": {
+        "event": {"enum": ["pending", "processing", "completed", "failed", "deleted"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": ref("JobView"),
+        },
+        "retry": {"type": "integer"},
+    },
+    "required": ["event", "data"],
+}
 _SUBMIT = (
     "An image and what to make of it: the seed's `operation`, `width`, `height` and"
     " `output_format`, or a job document (`steps`, `output`, `variants`), checked against the"
@@ -186,6 +202,32 @@ ROUTES: Final[tuple[Route, ...]] = (
         {200: json_reply("the job", "JobView")},
         ("job_id", "wait"),
         errors=(400, 404),
+    ),
+    Route(
+        "GET",
+        "/jobs",
+        "listJobs",
+        "jobs",
+        "Jobs, newest first, a page at a time",
+        {200: json_reply("a page of jobs; `next_cursor` fetches the next", "JobList")},
+        ("status", "limit", "cursor"),
+        errors=(400,),
+    ),
+    Route(
+        "GET",
+        "/jobs/{job_id}/events",
+        "jobEvents",
+        "jobs",
+        "Server-sent events: the job's view now and at every status change, until it ends",
+        {
+            200: Reply(
+                "`text/event-stream`: `event: <status>` with the job view as `data`, ending"
+                " after `completed` or `failed` (`deleted` if the job is deleted meanwhile)",
+                {"text/event-stream": _EVENT},
+            )
+        },
+        ("job_id",),
+        errors=(404,),
     ),
     Route(
         "DELETE",
@@ -338,6 +380,21 @@ PARAMETERS: Final[dict[str, Schema]] = {
         "description": "a raw upload's job document (instead of the seed's four parameters)",
     },
     **{name: {"in": "query", "schema": _seed_field(name)} for name in _SEED_FIELDS},
+    "status": {
+        "in": "query",
+        "schema": {"enum": ["pending", "processing", "completed", "failed"]},
+        "description": "only jobs in this status",
+    },
+    "limit": {
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+        "description": "jobs per page",
+    },
+    "cursor": {
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "the previous page's `next_cursor`",
+    },
     "If-None-Match": {"in": "header", "schema": {"type": "string"}},
     "filename": {"in": "path", "required": True, "schema": {"type": "string"}},
     "v": {

@@ -36,7 +36,7 @@ from app.outputs import decode_results, document_of
 from app.store import JobRecord
 from app.submissions import JobPlan, decode_image_data
 
-__all__ = ["blueprint", "json_response"]
+__all__ = ["TERMINAL", "blueprint", "job_view", "json_response", "record_of"]
 
 blueprint = Blueprint("jobs", __name__)
 
@@ -76,7 +76,8 @@ def _job_id(text: str) -> str:
     return str(parsed)
 
 
-async def _record(text: str) -> JobRecord:
+async def record_of(text: str) -> JobRecord:
+    """The row of the job named by `text`; 404 for an unknown or malformed id."""
     job_id = _job_id(text)
     record = await current_service().store.get(job_id)
     if record is None:
@@ -225,14 +226,14 @@ def _dry_run(plan: JobPlan) -> Response:
 async def get_job(job_id: str) -> Response:
     """The job; with `?wait=N` (seconds, up to 60), first wait until it has finished."""
     wait_s = _wait_seconds(request.args.get("wait"))
-    record = await _record(job_id)
+    record = await record_of(job_id)
     if wait_s and record.status not in TERMINAL:
         pool = current_service().pool
         with trio.move_on_after(wait_s):
             while record.status not in TERMINAL:
                 with pool.watch(record.id) as finished:
                     # Watching before reading: an end in between cannot be missed.
-                    record = await _record(record.id)
+                    record = await record_of(record.id)
                     if record.status in TERMINAL:
                         break
                     # Re-read now and then: another server process may have run the job.
@@ -264,7 +265,7 @@ def _wait_seconds(text: str | None) -> float:
 @blueprint.get("/jobs/<job_id>/download")
 async def download_job(job_id: str) -> Response:
     """The job's output: its `default` variant, or its only one."""
-    record = _completed(await _record(job_id))
+    record = _completed(await record_of(job_id))
     results = decode_results(record.results)
     if not results:  # the seed's jobs: one output, stored as the seed service stored it
         return await _send_output(record, record.output_key, record.output_format, None)
@@ -282,7 +283,7 @@ async def download_job(job_id: str) -> Response:
 @blueprint.get("/jobs/<job_id>/variants/<name>")
 async def download_variant(job_id: str, name: str) -> Response:
     """One named output of a job."""
-    record = _completed(await _record(job_id))
+    record = _completed(await record_of(job_id))
     results = decode_results(record.results)
     if not results and name == "default":
         return await _send_output(record, record.output_key, record.output_format, None)

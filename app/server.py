@@ -24,6 +24,7 @@ from app import errors
 from app.admission import UploadGate
 from app.application import ImgJobsApp
 from app.docs import blueprint as docs_blueprint
+from app.feeds import blueprint as feeds_blueprint
 from app.logs import configure_logging, log_event
 from app.metrics import blueprint as metrics_blueprint
 from app.page import blueprint as page_blueprint
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> ImgJobsApp:
     # The service stops itself within SHUTDOWN_GRACE; this is the outer deadline.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_grace_s + 10
     app.register_blueprint(blueprint)
+    app.register_blueprint(feeds_blueprint)
     app.register_blueprint(metrics_blueprint)
     app.register_blueprint(docs_blueprint)
     app.register_blueprint(page_blueprint)

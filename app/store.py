@@ -61,6 +61,8 @@ MIGRATIONS = (
     "ALTER TABLE jobs ADD COLUMN spec BLOB",
     # 1 -> 2: what each variant of a completed job produced, as JSON; NULL for the seed's jobs.
     "ALTER TABLE jobs ADD COLUMN results BLOB",
+    # 2 -> 3: listing jobs newest first (GET /jobs), a page at a time.
+    "CREATE INDEX IF NOT EXISTS jobs_by_creation ON jobs (created_at, id)",
 )
 
 
@@ -129,6 +131,13 @@ class JobStore(Protocol):
     async def integrity_check(self) -> str: ...
     async def expired(self, *, finished_before: float, limit: int) -> list[JobRecord]: ...
     async def existing(self, ids: Iterable[str]) -> set[str]: ...
+    async def page(
+        self,
+        *,
+        limit: int,
+        status: JobStatus | None = None,
+        before: tuple[float, str] | None = None,
+    ) -> list[JobRecord]: ...
 
 
 READER_BUSY_TIMEOUT_MS = 0
@@ -411,6 +420,24 @@ class SqliteJobStore:
     async def integrity_check(self) -> str:
         row = await self._run(lambda c: c.execute("PRAGMA integrity_check").fetchone())
         return str(row[0])
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        status: JobStatus | None = None,
+        before: tuple[float, str] | None = None,
+    ) -> list[JobRecord]:
+        """Up to `limit` jobs, newest first, created before `before` (created_at, id)."""
+        created, job_id = before if before is not None else (float("inf"), "")
+        where = "(created_at, id) < (?, ?)" + ("" if status is None else " AND status = ?")
+        params: tuple[Any, ...] = (created, job_id) + (() if status is None else (status,))
+        sql = f"SELECT * FROM jobs WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608 - fixed text
+
+        def query(c: sqlite3.Connection) -> list[JobRecord]:
+            return [_record(row) for row in c.execute(sql, (*params, limit)).fetchall()]
+
+        return await self._run(query)
 
 
 def _record(row: sqlite3.Row) -> JobRecord:

@@ -151,9 +151,10 @@ class WorkerPool:
 
     @contextmanager
     def watch(self, job_id: str) -> Iterator[trio.Event]:
-        """An event set when a worker of this process ends `job_id` (completed or failed).
+        """An event set when a worker of this process starts or ends `job_id`: its status
+        changed (re-read the row to see to what).
 
-        Register before reading the job's row, so that an end in between is not missed.
+        Register before reading the job's row, so that a change in between is not missed.
         Jobs finished by another server process sharing the database are not seen here:
         callers re-read the row now and then.
         """
@@ -249,6 +250,7 @@ class WorkerPool:
         record = await self._store.claim(job_id, owner=self.owner, lease_s=lease_s)
         if record is None:
             return  # deleted, or claimed by another server process first
+        self._announce(job_id)  # pending -> processing, for those following the job
         started = time.monotonic()
         log_event(
             "job.started",

@@ -13,6 +13,7 @@ import msgspec
 import trio
 
 import imaging
+from app.models import JobStatus
 from app.store import JobRecord
 from imaging.document import Resize
 
@@ -171,6 +172,20 @@ class FakeStore:
     async def existing(self, ids: Iterable[str]) -> set[str]:
         await trio.lowlevel.checkpoint()
         return {job_id for job_id in ids if job_id in self.rows}
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        status: JobStatus | None = None,
+        before: tuple[float, str] | None = None,
+    ) -> list[JobRecord]:
+        await trio.lowlevel.checkpoint()
+        rows = sorted(self.rows.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+        rows = [r for r in rows if status is None or r.status == status]
+        if before is not None:
+            rows = [r for r in rows if (r.created_at, r.id) < before]
+        return rows[:limit]
 
     def statuses(self) -> Counter[str]:
         return Counter(r.status for r in self.rows.values())

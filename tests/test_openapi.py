@@ -241,6 +241,11 @@ async def test_real_answers_conform_to_the_document(client: httpx.AsyncClient) -
     await conform("GET", f"/jobs/{job_id}/variants/default", 200)
     await conform("GET", f"/jobs/{job_id}/variants/small", 404)
     await conform("GET", f"/jobs/{job_id}?wait=600", 400)
+    await conform("GET", f"/jobs/{job_id}/events", 200)  # completed: one event, then the end
+    await conform("GET", "/jobs/7e2c4b9e-0000-4000-8000-000000000000/events", 404)
+    listed = await conform("GET", "/jobs?limit=1", 200)
+    await conform("GET", f"/jobs?limit=1&cursor={listed.json()['next_cursor']}", 200)
+    await conform("GET", "/jobs?status=done", 400)
     await conform("DELETE", f"/jobs/{job_id}", 204)
     await conform("GET", f"/jobs/{job_id}", 404)
     failed = await conform("POST", "/jobs", 202, content=job_body(TRUNCATED), headers=JSON)
