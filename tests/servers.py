@@ -8,8 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -55,6 +56,38 @@ def environment(settings: Settings) -> dict[str, str]:
         elif value is not None:
             env[variable] = str(value)
     return env
+
+
+@contextmanager
+def fuzz_client(settings: Settings) -> Iterator[httpx.Client]:
+    """A blocking client of one `python -m app` process (as `make run` starts it), for
+    hypothesis tests, which are synchronous; a fresh connection per request, so that no
+    request races the server closing an idle one."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        env=environment(settings),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if '"server.listening"' in line:
+                url = json.loads(line)["urls"][0]
+                break
+        else:
+            raise AssertionError("the server did not start")
+        threading.Thread(target=server.stderr.read, daemon=True).start()  # keep draining
+        no_reuse = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=url, timeout=30, limits=no_reuse) as client:
+            yield client
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        if server.stderr is not None:
+            server.stderr.close()
 
 
 class RunningServer(NamedTuple):

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import GOOD
-from tests.servers import ROOT, environment, make_settings
+from tests.servers import fuzz_client, make_settings
 
 TINY_PNG = (GOOD / "pillow__pil123p.png").read_bytes()
 TINY_B64 = base64.b64encode(TINY_PNG).decode()
@@ -50,32 +47,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     settings = make_settings(
         tmp_path_factory.mktemp("fuzz"), max_upload_bytes=64 * 1024, queue_size=100_000
     )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        env=environment(settings),
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert server.stderr is not None
-        for line in server.stderr:
-            if '"server.listening"' in line:
-                url = json.loads(line)["urls"][0]
-                break
-        else:
-            raise AssertionError("the server did not start")
-        threading.Thread(target=server.stderr.read, daemon=True).start()  # keep draining
-        # A fresh connection per request: no race with the server closing an idle one.
-        no_reuse = httpx.Limits(max_keepalive_connections=0)
-        with httpx.Client(base_url=url, timeout=30, limits=no_reuse) as client:
-            yield client
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if server.stderr is not None:
-            server.stderr.close()
+    with fuzz_client(settings) as client:
+        yield client
 
 
 def check_answer(response: httpx.Response) -> None:

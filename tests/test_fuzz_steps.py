@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -25,7 +22,7 @@ from PIL import Image
 from imaging.document import Step
 from imaging.geometry import GeometryError, plan
 from tests.conftest import GOOD
-from tests.servers import ROOT, environment, make_settings
+from tests.servers import fuzz_client, make_settings
 
 IMAGE_PATH = GOOD / "pillow__pil123p.png"  # a small real PNG, 162x150, with transparency
 IMAGE = IMAGE_PATH.read_bytes()
@@ -50,32 +47,8 @@ Json = dict[str, Any]
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """One real server process (as `make run` starts it) for every example."""
     config = make_settings(tmp_path_factory.mktemp("fuzz-steps"), max_upload_bytes=64 * 1024)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        env=environment(config),
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert server.stderr is not None
-        for line in server.stderr:
-            if '"server.listening"' in line:
-                url = json.loads(line)["urls"][0]
-                break
-        else:
-            raise AssertionError("the server did not start")
-        threading.Thread(target=server.stderr.read, daemon=True).start()  # keep draining
-        # A fresh connection per request: no race with the server closing an idle one.
-        no_reuse = httpx.Limits(max_keepalive_connections=0)
-        with httpx.Client(base_url=url, timeout=30, limits=no_reuse) as client:
-            yield client
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if server.stderr is not None:
-            server.stderr.close()
+    with fuzz_client(config) as client:
+        yield client
 
 
 def dry_run(client: httpx.Client, form: Form, document: Json) -> httpx.Response:
