@@ -228,9 +228,14 @@ def test_page_makes_an_image_and_downloads_it(
     expect(planned(page)).to_have_text(size(640, 360), timeout=STEP_MS)
     expect(page.locator("#plan")).to_contain_text("WEBP")
 
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     page.get_by_role("button", name="Make image").click()
     expect(page.locator("#outcome")).to_be_visible(timeout=JOB_MS)
     expect(page.locator("#job-status")).to_contain_text("Done")
+    # Followed by its server-sent events, not by polling.
+    assert any(re.search(r"/jobs/[0-9a-f-]+/events$", url) for url in requested), requested
+    assert not any("wait=" in url for url in requested), requested
     expect(page.locator("#result-meta")).to_contain_text(size(640, 360) + " · WEBP")
     expect(page.locator("#original-meta")).to_contain_text(size(1920, 1280) + " · JPEG")
     result = page.locator("#result-img")

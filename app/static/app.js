@@ -510,7 +510,7 @@ async function submitJob() {
     if (!response.ok) throw new ApiError(await problemOf(response));
     const { job_id: id } = await response.json();
     setStatus("busy", "Queued…", started);
-    const job = await waitForJob(id, started);
+    const job = await followJob(id, started);
     if (job.status === "failed") {
       const error = job.error || { code: "failed", message: "The job failed." };
       throw new ApiError({ status: null, title: "The job failed", message: error.message, code: error.code, retryAfter: null });
@@ -539,6 +539,41 @@ async function submitJob() {
     setRunning(false);
     refreshHealth();
   }
+}
+
+// Follows the job by its server-sent events (GET /jobs/{id}/events); falls back to
+// long-polls if the stream breaks before the job ends.
+function followJob(id, started) {
+  if (typeof EventSource !== "function") return waitForJob(id, started);
+  return new Promise((resolve, reject) => {
+    const source = new EventSource(`/jobs/${encodeURIComponent(id)}/events`);
+    let settled = false;
+    const settle = () => {
+      settled = true;
+      source.close();
+    };
+    const onStatus = (event) => {
+      const job = JSON.parse(event.data);
+      if (job.status === "completed" || job.status === "failed") {
+        settle();
+        resolve(job);
+      } else {
+        setStatus("busy", job.status === "processing" ? "Processing…" : "Queued…", started);
+      }
+    };
+    for (const name of ["pending", "processing", "completed", "failed"]) {
+      source.addEventListener(name, onStatus);
+    }
+    source.addEventListener("deleted", () => {
+      settle();
+      reject(new ApiError({ status: 404, title: "Job deleted", message: "the job was deleted while it ran", code: "not_found", retryAfter: null }));
+    });
+    source.onerror = () => {
+      if (settled) return;
+      settle();
+      waitForJob(id, started).then(resolve, reject);
+    };
+  });
 }
 
 async function waitForJob(id, started) {
