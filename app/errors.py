@@ -119,7 +119,7 @@ class Unauthorized(ServiceError):
     default_code = "unauthorized"
 
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": 'Bearer realm="imgjobs admin"'}
+        return {"WWW-Authenticate": 'Bearer realm="imgjobs"'}
 
 
 class NotFound(ServiceError):

@@ -105,6 +105,8 @@ def create_app(settings: Settings | None = None) -> ImgJobsApp:
     settings = load_settings() if settings is None else settings
     read_uploads_in_bigger_chunks()
     app = ImgJobsApp(__name__)
+    # `/jobs//download` is no route (a 404 problem), not an HTML redirect to `/jobs/download`.
+    app.url_map.merge_slashes = False
     app.settings = settings
     app.config["MAX_CONTENT_LENGTH"] = body_limit(settings)
     app.config["BODY_TIMEOUT"] = settings.body_timeout_s

@@ -388,14 +388,11 @@ def test_page_and_its_files_over_http(server: AppProcess) -> None:
         "/static/%2e%2e%2f%2e%2e%2fpyproject.toml",
         "/static/.%2e/.%2e/pyproject.toml",
         "/static/",
+        "/static/%2fetc%2fpasswd",  # a decoded `%2f` doubles a slash: no route, no redirect
     ):
         status, _, body = raw_get(server.url, path)
         assert status == 404, (path, status)
         assert b"import" not in body, path
-    # Werkzeug merges the slashes of a decoded `%2f`: a redirect that stays in /static/.
-    status, location, _ = raw_get(server.url, "/static/%2fetc%2fpasswd")
-    assert (status, location) == (308, "/static/etc/passwd")
-    assert raw_get(server.url, location)[0] == 404
 
 
 def raw_get(url: str, path: str) -> tuple[int, str, bytes]:
