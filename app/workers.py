@@ -17,7 +17,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import get_args
 
 import anyio
 import msgspec
@@ -34,6 +33,7 @@ from app.settings import Settings
 from app.storage import BlobStorage
 from app.store import JobRecord, JobStore
 from imaging.document import seed_steps
+from imaging.encode import resolve_format
 
 __all__ = ["PoolStatistics", "WorkerPool", "job_spec", "new_owner_id"]
 
@@ -87,7 +87,8 @@ def job_spec(record: JobRecord, settings: Settings) -> imaging.JobSpec:
             name: imaging.Rendition(
                 steps=variant.steps,
                 output=variant.output,
-                output_format=_decided_format(variant.output.format),
+                # Decided at submit: the stored document names it (`jpg` spelled `jpeg`).
+                output_format=resolve_format(variant.output, record.output_format),
             )
             for name, variant in (document.variants or {}).items()
         }
@@ -101,14 +102,6 @@ def job_spec(record: JobRecord, settings: Settings) -> imaging.JobSpec:
         watermark_path=None if watermark is None else str(watermark),
         max_frames=settings.max_frames,
     )
-
-
-def _decided_format(output_format: str | None) -> imaging.OutputFormat:
-    """A stored document's format, decided at submit (`jpg` is spelled `jpeg` there)."""
-    return _FORMATS[output_format or ""]
-
-
-_FORMATS: dict[str, imaging.OutputFormat] = {name: name for name in get_args(imaging.OutputFormat)}
 
 
 class _Worker:

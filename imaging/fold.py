@@ -10,13 +10,12 @@ with it and run after it, on fewer pixels.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 from imaging import geometry
 from imaging.document import Crop, Flip, Flop, Grayscale, Modulate, Resize, Rotate, Step
 from imaging.geometry import Box, Orientation, Size
-from imaging.ops import DRAFT_GAP
+from imaging.ops import draft_size
 
 __all__ = ["Fold", "fold"]
 
@@ -49,10 +48,8 @@ class Fold(NamedTuple):
         if target is None:
             return None
         x0, y0, x1, y1 = self.region
-        return (
-            math.ceil(target[0] * stored[0] / (x1 - x0) * DRAFT_GAP),
-            math.ceil(target[1] * stored[1] / (y1 - y0) * DRAFT_GAP),
-        )
+        # The whole image scaled as the region is, then the usual draft margin.
+        return draft_size((target[0] * stored[0] / (x1 - x0), target[1] * stored[1] / (y1 - y0)))
 
 
 def _within(region: Box, relative: Box) -> Box:

@@ -84,7 +84,7 @@ def oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 
-def draft_size(target: tuple[int, int]) -> tuple[int, int]:
+def draft_size(target: tuple[float, float]) -> tuple[int, int]:
     """The smallest decoded size to ask JPEG ``draft()`` for, to resample well to ``target``."""
     return (math.ceil(target[0] * DRAFT_GAP), math.ceil(target[1] * DRAFT_GAP))
 
