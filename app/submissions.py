@@ -36,7 +36,7 @@ from app.models import (
 )
 from app.settings import Settings
 from imaging.document import Resize, Trim, seed_steps
-from imaging.encode import output_problem, resolve_format
+from imaging.encode import MAX_SIDE, output_problem, resolve_format
 
 __all__ = [
     "JobPlan",
@@ -330,12 +330,8 @@ def _animation_problem(variant: Variant, output_format: OutputFormat) -> str | N
     return None
 
 
-# The widest or tallest image each encoder can write.
-_MAX_SIDE = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383, "avif": 65_535, "gif": 65_535}
-
-
 def _check_side(plan: imaging.Plan, output_format: str, path: str) -> None:
-    most = _MAX_SIDE[output_format]
+    most = MAX_SIDE[output_format]
     if max(plan.width, plan.height) > most:
         raise UnprocessableImage(
             f"{path}: the result would be {plan.width}x{plan.height}, and {output_format} images"

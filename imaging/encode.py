@@ -19,6 +19,7 @@ from imaging.steps import parse_color
 __all__ = [
     "BLURHASH_COMPONENTS",
     "DEFAULT_QUALITY",
+    "MAX_SIDE",
     "Encoded",
     "MaxBytesUnreachable",
     "blurhash_of",
@@ -29,6 +30,8 @@ __all__ = [
 
 #: The quality of a lossy output that names none (jpeg's is the deployment's JPEG_QUALITY).
 DEFAULT_QUALITY: Final = {"webp": 80, "avif": 60}
+#: The widest or tallest image each encoder can write.
+MAX_SIDE: Final = {"jpeg": 65_500, "png": 2**31 - 1, "webp": 16_383, "avif": 65_535, "gif": 65_535}
 #: BlurHash components across and down, and the longest side of the copy it is taken from.
 BLURHASH_COMPONENTS: Final = (4, 3)
 BLURHASH_WIDTH: Final = 32

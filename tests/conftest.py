@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from bench.corpus import corpus_root
+
+# CI runs the property tests on a fixed seed, so a run fails for a change, not for luck:
+# `.ci/run` picks this profile. `make test` elsewhere explores new examples on every run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = corpus_root()
