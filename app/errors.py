@@ -18,6 +18,7 @@ holding the human message, which is what clients of the original API read::
     ├── UnsupportedMediaType    415 unsupported_media_type
     │   └── UnsupportedFormat   415 unsupported_format
     ├── UnprocessableImage      422 (code of the imaging error: image_too_large, corrupt_image...)
+    ├── TooManyQueued           429 too_many_queued (with Retry-After)
     ├── QueueFull               503 queue_full (with Retry-After)
     ├── ServiceStopping         503 shutting_down (with Retry-After)
     └── StorageFull             507 storage_full
@@ -44,6 +45,7 @@ __all__ = [
     "ServiceError",
     "ServiceStopping",
     "StorageFull",
+    "TooManyQueued",
     "Unauthorized",
     "UnprocessableImage",
     "UnsupportedFormat",
@@ -194,6 +196,14 @@ class QueueFull(_RetryLater):
 
 class ServiceStopping(_RetryLater):
     default_code = "shutting_down"
+
+
+class TooManyQueued(_RetryLater):
+    """One API key already has as many jobs waiting as it may (`MAX_QUEUED_PER_KEY`)."""
+
+    status = 429
+    title = "Too Many Requests"
+    default_code = "too_many_queued"
 
 
 class StorageFull(ServiceError):

@@ -66,9 +66,11 @@ def parse_keys(entries: Iterable[str]) -> list[ApiKey]:
     return keys
 
 
-def read_keys_file(path: Path) -> list[ApiKey]:
+def read_keys_file(path: Path) -> list[str]:
+    """The `name:secret` entries of a keys file: one a line, blank lines and `#` comments
+    left out."""
     lines = path.read_text().splitlines()
-    return parse_keys(line for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 class Keyring:

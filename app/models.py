@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -17,6 +17,7 @@ __all__ = [
     "Document",
     "DryRun",
     "Health",
+    "JobDocument",
     "JobError",
     "JobList",
     "JobRequest",
@@ -35,6 +36,7 @@ __all__ = [
     "UploadParameters",
     "Variant",
     "VariantView",
+    "WebhookView",
 ]
 
 Operation = Literal["resize", "thumbnail"]
@@ -42,6 +44,12 @@ Operation = Literal["resize", "thumbnail"]
 JobKind = Literal["resize", "thumbnail", "steps"]
 JobStatus = Literal["pending", "processing", "completed", "failed"]
 Dimension = Annotated[int, Meta(ge=1)]
+#: Where the job's webhook goes: http(s), a public address (checked at submit and at connect).
+CallbackUrl = Annotated[str, Meta(min_length=1, max_length=2048)]
+#: The caller's own data, kept with the job and shown in its view and webhook (at most 8 KiB).
+Metadata = Annotated[dict[str, Any], Meta(max_length=64)]
+#: `Idempotency-Key`: 1 to 255 characters.
+IDEMPOTENCY_KEY_LENGTH = 255
 
 
 class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -52,9 +60,21 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     width: Dimension
     height: Dimension
     output_format: Literal["jpeg", "jpg", "png"] | None = None
+    callback_url: CallbackUrl | None = None
+    metadata: Metadata | None = None
 
 
-class JobRequest(Document, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class JobDocument(
+    Document, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """A job document as the service takes it: what to make (imaging's `Document`), and
+    who to tell when it is made (`callback_url`) with the caller's own `metadata`."""
+
+    callback_url: CallbackUrl | None = None
+    metadata: Metadata | None = None
+
+
+class JobRequest(JobDocument, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of `POST /jobs` as a job document: steps and output, base64 image inside.
 
     The seed's fields are named here only to answer a mix of both forms with a clear 400.
@@ -80,6 +100,7 @@ class UploadParameters(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     width: Dimension
     height: Dimension
     output_format: Literal["jpeg", "jpg", "png"] | None = None
+    callback_url: CallbackUrl | None = None
 
 
 class JobSubmitted(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +135,21 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     result_bytes: int | None = None
     spec: Document | None = None
     variants: dict[str, VariantView] | None = None
+    callback_url: str | None = None
+    metadata: dict[str, Any] | None = None
+    webhook: WebhookView | None = None
+    #: Completed at once from an earlier job's outputs (same upload, same document).
+    reused: bool = False
+
+
+class WebhookView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The job's webhook delivery: `pending` until a receiver answers 2xx (`delivered`) or
+    the retries run out (`failed`); `last_status` is the last HTTP status or error."""
+
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status: str | None = None
+    next_attempt_at: datetime | None = None
 
 
 class VariantView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -10,7 +10,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+from app.keys import ApiKey, KeyListError, parse_keys, read_keys_file
+from app.webhooks import Signer
+
+__all__ = ["Settings", "SettingsError", "api_keys", "load_settings"]
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 AllowedFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO", "AVIF", "HEIF"]
@@ -70,6 +73,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_output_pixels: PositiveInt = 40_000_000
     # The image the `watermark` step overlays (PNG with alpha, typically); none: no watermarks.
     watermark_path: Path | None = None
+    # API keys, `name:secret` pairs, comma-separated (or a file of them, one a line): with
+    # either set, /jobs and /probe need `Authorization: Bearer <secret>`; each job is its key's.
+    api_keys: str | None = None
+    api_keys_file: Path | None = None
+    # Per key: submits a second (with a burst of twice that), and jobs waiting at once.
+    rate_limit: PositiveFloat | None = None
+    max_queued_per_key: PositiveInt | None = None
+    # The `whsec_<base64>` secret webhooks are signed with; without it, callback_url is refused.
+    webhook_secret: str | None = None
+    # Let callback_url name loopback or private addresses (tests, private networks).
+    webhook_allow_private: bool = False
+    # The first retry of a failed webhook comes after this; then doubling, at most an hour.
+    webhook_retry_base_s: PositiveFloat = 5.0
 
 
 # Environment variable -> field. The seed's six names come first and keep their spelling.
@@ -100,7 +116,16 @@ ENVIRONMENT: Mapping[str, str] = {
     "MAX_FRAMES": "max_frames",
     "MAX_OUTPUT_PIXELS": "max_output_pixels",
     "WATERMARK_PATH": "watermark_path",
+    "API_KEYS": "api_keys",
+    "API_KEYS_FILE": "api_keys_file",
+    "RATE_LIMIT": "rate_limit",
+    "MAX_QUEUED_PER_KEY": "max_queued_per_key",
+    "WEBHOOK_SECRET": "webhook_secret",
+    "WEBHOOK_ALLOW_PRIVATE": "webhook_allow_private",
+    "WEBHOOK_RETRY_BASE_S": "webhook_retry_base_s",
 }
+# Never echoed in an error message.
+_SECRET_FIELDS = frozenset({"api_keys", "webhook_secret", "admin_token", "metrics_token"})
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -126,11 +151,30 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             msgspec.convert({field: raw[field]}, Settings, strict=False, dec_hook=_decode)
         except msgspec.ValidationError as exc:
             reason = str(exc).split(" - at ", 1)[0]
-            raise SettingsError(f"{variable}={given[field]!r} is invalid: {reason}") from None
+            shown = "(hidden)" if field in _SECRET_FIELDS else repr(given[field])
+            raise SettingsError(f"{variable}={shown} is invalid: {reason}") from None
     settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
     if settings.watermark_path is not None and not settings.watermark_path.is_file():
         raise SettingsError(f"WATERMARK_PATH={given['watermark_path']!r} is not a file")
+    try:
+        api_keys(settings)
+    except (KeyListError, OSError) as exc:
+        variable = "API_KEYS" if settings.api_keys else "API_KEYS_FILE"
+        raise SettingsError(f"{variable} is invalid: {exc}") from None
+    if settings.webhook_secret is not None:
+        try:
+            Signer(settings.webhook_secret)
+        except ValueError as exc:
+            raise SettingsError(f"WEBHOOK_SECRET is invalid: {exc}") from None
     return settings
+
+
+def api_keys(settings: Settings) -> list[ApiKey]:
+    """The keys of API_KEYS and API_KEYS_FILE (none: the service is open, as the seed's)."""
+    entries = settings.api_keys.split(",") if settings.api_keys else []
+    if settings.api_keys_file is not None:
+        entries += read_keys_file(settings.api_keys_file)
+    return parse_keys(entries)
 
 
 def _decode(kind: type, value: Any) -> Any:

@@ -1,69 +1,28 @@
-"""Job rows in SQLite, driven from trio through one dedicated thread.
+"""Job rows in SQLite, driven from trio through the database's own thread (`app.sqlite`).
 
-aiosqlite and SQLAlchemy's async layer do not run under trio, so the stdlib `sqlite3`
-connection is owned by a single thread that executes one request at a time; trio tasks hand
-it closures and wait for the answer. The row, not the in-memory queue, is the truth about a
-job: claims are compare-and-set updates, so several server processes sharing one database
-never process a job twice.
+The row, not the in-memory queue, is the truth about a job: claims are compare-and-set
+updates, so several server processes sharing one database never process a job twice. A job
+that ends with a `callback_url` gets its webhook delivery row in the same transaction, so a
+delivery owed is never lost to a crash between the two.
 """
 
 from __future__ import annotations
 
-import queue
 import sqlite3
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import msgspec
 import trio
 
+from app.delivery_store import SqliteDeliveryStore
 from app.models import JobKind, JobStatus, OutputFormat
+from app.sqlite import SqliteThread, connect, connect_reader, transaction
 
 __all__ = ["JobRecord", "JobStore", "SqliteJobStore", "open_job_store"]
-
-T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id               TEXT PRIMARY KEY,
-    status           TEXT NOT NULL,
-    operation        TEXT NOT NULL,
-    width            INTEGER NOT NULL,
-    height           INTEGER NOT NULL,
-    output_format    TEXT NOT NULL,
-    input_key        TEXT NOT NULL,
-    output_key       TEXT NOT NULL,
-    input_bytes      INTEGER NOT NULL,
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    claimed_by       TEXT,
-    lease_expires_at REAL,
-    error_code       TEXT,
-    error_message    TEXT,
-    result_width     INTEGER,
-    result_height    INTEGER,
-    result_bytes     INTEGER,
-    created_at       REAL NOT NULL,
-    updated_at       REAL NOT NULL,
-    started_at       REAL,
-    finished_at      REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
-"""
-
-# Each migration takes the schema from version N (its index) to N + 1; a database written by
-# an older release is brought up to date when it is opened. Version 0 is the first release's.
-MIGRATIONS = (
-    # 0 -> 1: job documents (steps and output), as canonical JSON; NULL for the seed's jobs.
-    "ALTER TABLE jobs ADD COLUMN spec BLOB",
-    # 1 -> 2: what each variant of a completed job produced, as JSON; NULL for the seed's jobs.
-    "ALTER TABLE jobs ADD COLUMN results BLOB",
-    # 2 -> 3: listing jobs newest first (GET /jobs), a page at a time.
-    "CREATE INDEX IF NOT EXISTS jobs_by_creation ON jobs (created_at, id)",
-)
 
 
 class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +51,13 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None = None
     spec: bytes | None = None
     results: bytes | None = None
+    owner: str | None = None  # the API key's name; None without API_KEYS
+    idempotency_key: str | None = None
+    request_sha256: bytes | None = None  # the upload and the whole request, for replays
+    input_sha256: bytes | None = None  # the upload alone, for result reuse
+    callback_url: str | None = None
+    metadata: bytes | None = None  # the caller's JSON object, as sent
+    reused: bool = False
 
 
 _COLUMNS = tuple(JobRecord.__struct_fields__)
@@ -100,12 +66,22 @@ _INSERT = (
     f"INSERT INTO jobs ({', '.join(_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join(':' + name for name in _COLUMNS)})"
 )
+# The webhook a job that just ended owes (if it has a callback_url): due at once. Its
+# `webhook-id` is stable across retries and unique per job (one event per job).
+_OWE_DELIVERY = (
+    "INSERT OR IGNORE INTO deliveries (job_id, webhook_id, url, event, status, next_attempt_at,"
+    " created_at, updated_at) SELECT id, 'msg_' || replace(id, '-', ''), callback_url,"
+    " 'job.' || status, 'pending', :now, :now, :now FROM jobs"
+    " WHERE id = :id AND callback_url IS NOT NULL AND status IN ('completed', 'failed')"
+)
 
 
 class JobStore(Protocol):
     """What the service needs from a job database."""
 
-    async def insert(self, record: JobRecord) -> None: ...
+    async def insert(
+        self, record: JobRecord, *, replay_since: float | None = None
+    ) -> JobRecord | None: ...
     async def get(self, job_id: str) -> JobRecord | None: ...
     async def delete(self, job_id: str) -> bool: ...
     async def claim(self, job_id: str, *, owner: str, lease_s: float) -> JobRecord | None: ...
@@ -123,7 +99,9 @@ class JobStore(Protocol):
         self, job_id: str, *, code: str, message: str, owner: str | None = None
     ) -> bool: ...
     async def release(self, job_id: str, *, owner: str) -> bool: ...
-    async def runnable(self, *, limit: int, exclude: Iterable[str]) -> list[str]: ...
+    async def runnable(
+        self, *, limit: int, exclude: Iterable[str]
+    ) -> list[tuple[str, str | None]]: ...
     async def owners(self) -> list[str]: ...
     async def release_owner(self, owner: str) -> int: ...
     async def fail_exhausted(self, *, max_attempts: int, message: str) -> list[str]: ...
@@ -137,55 +115,19 @@ class JobStore(Protocol):
         limit: int,
         status: JobStatus | None = None,
         before: tuple[float, str] | None = None,
+        owner: str | None = None,
     ) -> list[JobRecord]: ...
-
-
-READER_BUSY_TIMEOUT_MS = 0
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    if path != Path(":memory:"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL is durable across process crashes (kill -9) in WAL mode; only a power loss
-    # can roll back the last commits.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    conn.executescript(SCHEMA)
-    _migrate(conn)
-    return conn
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema to the newest version, one migration at a time; several processes
-    opening one database at once take turns (the write lock is held throughout)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, statement in enumerate(MIGRATIONS[version:], start=version):
-            conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number + 1}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _connect_reader(path: Path) -> sqlite3.Connection:
-    """A read-only connection for point reads on the event loop's own thread."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA query_only=ON")
-    # Never wait on the event loop: a busy reader falls back to the store's thread.
-    conn.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
-    return conn
+    async def replayable(
+        self, *, owner: str | None, idempotency_key: str, since: float
+    ) -> JobRecord | None: ...
+    async def reusable(
+        self, *, owner: str | None, input_sha256: bytes, spec: bytes
+    ) -> JobRecord | None: ...
 
 
 class SqliteJobStore:
     """`JobStore` on one SQLite file: every write, and every query but a job's row, runs
-    on the store's own thread.
+    on the database's own thread.
 
     `get` (a primary-key read, 20 us) runs on the event loop's thread instead, on a
     read-only connection: in WAL mode a reader never waits for the writer, and a thread
@@ -193,47 +135,60 @@ class SqliteJobStore:
     a row). If the reader is ever busy, the read goes through the store's thread.
     """
 
-    def __init__(self, conn: sqlite3.Connection, reader: sqlite3.Connection | None = None) -> None:
-        self._conn = conn
+    def __init__(self, thread: SqliteThread, reader: sqlite3.Connection | None = None) -> None:
+        self._run = thread.run
         self._reader = reader
-        self._requests: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="sqlite", daemon=True)
-        self._thread.start()
+        #: The webhook deliveries owed, on the same database and thread.
+        self.deliveries = SqliteDeliveryStore(thread)
 
-    def _serve(self) -> None:
-        while (request := self._requests.get()) is not None:
-            request()
-        self._conn.close()
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._thread.join()
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        outcome: list[Any] = []
-
-        def request() -> None:
-            try:
-                outcome.append((True, fn(self._conn)))
-            except BaseException as exc:  # handed back to the awaiting task
-                outcome.append((False, exc))
-            token.run_sync_soon(done.set)
-
-        self._requests.put(request)
-        # A query is short and, once queued, runs to completion; waiting for it even when
-        # cancelled keeps every caller's view of the row consistent with the database.
-        with trio.CancelScope(shield=True):
-            await done.wait()
-        ok, value = outcome[0]
-        if ok:
-            return value  # type: ignore[no-any-return]
-        raise value
-
-    async def insert(self, record: JobRecord) -> None:
+    async def insert(
+        self, record: JobRecord, *, replay_since: float | None = None
+    ) -> JobRecord | None:
+        """Insert a new job; None once inserted. With an idempotency key, the job of the
+        same owner and key made since `replay_since` is answered instead (and nothing is
+        inserted): several processes submitting one key at once make one job."""
         row = msgspec.structs.asdict(record)
-        await self._run(lambda c: c.execute(_INSERT, row))
+
+        def query(c: sqlite3.Connection) -> JobRecord | None:
+            with transaction(c):
+                if record.idempotency_key is not None:
+                    earlier = _replayable(
+                        c, record.owner, record.idempotency_key, replay_since or 0.0
+                    )
+                    if earlier is not None:
+                        return earlier
+                    # an expired use of the key: the key is free again
+                    c.execute(
+                        "UPDATE jobs SET idempotency_key = NULL"
+                        " WHERE owner IS ? AND idempotency_key = ?",
+                        (record.owner, record.idempotency_key),
+                    )
+                c.execute(_INSERT, row)
+                c.execute(_OWE_DELIVERY, {"id": record.id, "now": record.created_at})
+            return None
+
+        return await self._run(query)
+
+    async def replayable(
+        self, *, owner: str | None, idempotency_key: str, since: float
+    ) -> JobRecord | None:
+        """The job `owner` made with `idempotency_key` since `since`, if any."""
+        return await self._run(lambda c: _replayable(c, owner, idempotency_key, since))
+
+    async def reusable(
+        self, *, owner: str | None, input_sha256: bytes, spec: bytes
+    ) -> JobRecord | None:
+        """The newest completed job of `owner` made from the same upload and document."""
+
+        def query(c: sqlite3.Connection) -> JobRecord | None:
+            row = c.execute(
+                "SELECT * FROM jobs WHERE input_sha256 = ? AND owner IS ? AND spec = ?"
+                " AND status = 'completed' ORDER BY finished_at DESC LIMIT 1",
+                (input_sha256, owner, spec),
+            ).fetchone()
+            return None if row is None else _record(row)
+
+        return await self._run(query)
 
     async def get(self, job_id: str) -> JobRecord | None:
         def query(c: sqlite3.Connection) -> JobRecord | None:
@@ -249,8 +204,14 @@ class SqliteJobStore:
         return await self._run(query)
 
     async def delete(self, job_id: str) -> bool:
-        cursor = await self._run(lambda c: c.execute("DELETE FROM jobs WHERE id = ?", (job_id,)))
-        return cursor.rowcount == 1
+        """Remove a job, and the webhook it owes if any."""
+
+        def query(c: sqlite3.Connection) -> bool:
+            with transaction(c):
+                c.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))
+                return c.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1
+
+        return await self._run(query)
 
     async def claim(self, job_id: str, *, owner: str, lease_s: float) -> JobRecord | None:
         """Move a pending job to processing for `owner`; None if someone else has it."""
@@ -279,13 +240,16 @@ class SqliteJobStore:
     ) -> bool:
         def query(c: sqlite3.Connection) -> bool:
             now = time.time()
-            cursor = c.execute(
-                "UPDATE jobs SET status = 'completed', result_width = ?, result_height = ?,"
-                " result_bytes = ?, results = ?, finished_at = ?, updated_at = ?,"
-                " lease_expires_at = NULL WHERE id = ? AND status = 'processing'"
-                " AND claimed_by = ?",
-                (width, height, size_bytes, results, now, now, job_id, owner),
-            )
+            with transaction(c):
+                cursor = c.execute(
+                    "UPDATE jobs SET status = 'completed', result_width = ?, result_height = ?,"
+                    " result_bytes = ?, results = ?, finished_at = ?, updated_at = ?,"
+                    " lease_expires_at = NULL WHERE id = ? AND status = 'processing'"
+                    " AND claimed_by = ?",
+                    (width, height, size_bytes, results, now, now, job_id, owner),
+                )
+                if cursor.rowcount == 1:
+                    c.execute(_OWE_DELIVERY, {"id": job_id, "now": now})
             return cursor.rowcount == 1
 
         return await self._run(query)
@@ -305,7 +269,11 @@ class SqliteJobStore:
             else:
                 sql += " AND status = 'processing' AND claimed_by = ?"
                 params += (owner,)
-            return c.execute(sql, params).rowcount == 1
+            with transaction(c):
+                failed = c.execute(sql, params).rowcount == 1
+                if failed:
+                    c.execute(_OWE_DELIVERY, {"id": job_id, "now": now})
+            return failed
 
         return await self._run(query)
 
@@ -322,12 +290,13 @@ class SqliteJobStore:
 
         return await self._run(query)
 
-    async def runnable(self, *, limit: int, exclude: Iterable[str]) -> list[str]:
-        """Oldest jobs that should be queued: pending ones, and processing ones whose
-        claim has expired (their server died); the latter are put back to pending."""
+    async def runnable(self, *, limit: int, exclude: Iterable[str]) -> list[tuple[str, str | None]]:
+        """Oldest jobs that should be queued (with their owners): pending ones, and
+        processing ones whose claim has expired (their server died); the latter are put
+        back to pending."""
         skip = set(exclude)
 
-        def query(c: sqlite3.Connection) -> list[str]:
+        def query(c: sqlite3.Connection) -> list[tuple[str, str | None]]:
             now = time.time()
             c.execute(
                 "UPDATE jobs SET status = 'pending', claimed_by = NULL, lease_expires_at = NULL,"
@@ -335,10 +304,10 @@ class SqliteJobStore:
                 (now, now),
             )
             rows = c.execute(
-                "SELECT id FROM jobs WHERE status = 'pending' ORDER BY created_at LIMIT ?",
+                "SELECT id, owner FROM jobs WHERE status = 'pending' ORDER BY created_at LIMIT ?",
                 (limit + len(skip),),
             ).fetchall()
-            return [row["id"] for row in rows if row["id"] not in skip][:limit]
+            return [(row["id"], row["owner"]) for row in rows if row["id"] not in skip][:limit]
 
         return await self._run(query)
 
@@ -367,12 +336,15 @@ class SqliteJobStore:
 
         def query(c: sqlite3.Connection) -> list[str]:
             now = time.time()
-            rows = c.execute(
-                "UPDATE jobs SET status = 'failed', error_code = 'interrupted',"
-                " error_message = ?, finished_at = ?, updated_at = ?"
-                " WHERE status = 'pending' AND attempts >= ? RETURNING id",
-                (message, now, now, max_attempts),
-            ).fetchall()
+            with transaction(c):
+                rows = c.execute(
+                    "UPDATE jobs SET status = 'failed', error_code = 'interrupted',"
+                    " error_message = ?, finished_at = ?, updated_at = ?"
+                    " WHERE status = 'pending' AND attempts >= ? RETURNING id",
+                    (message, now, now, max_attempts),
+                ).fetchall()
+                for row in rows:
+                    c.execute(_OWE_DELIVERY, {"id": row["id"], "now": now})
             return [row["id"] for row in rows]
 
         return await self._run(query)
@@ -390,12 +362,15 @@ class SqliteJobStore:
         return int(row[0])
 
     async def expired(self, *, finished_before: float, limit: int) -> list[JobRecord]:
-        """Finished jobs (completed or failed) that ended before `finished_before`."""
+        """Finished jobs (completed or failed) that ended before `finished_before`, but not
+        those still owing a webhook (the receiver may be down for a day)."""
 
         def query(c: sqlite3.Connection) -> list[JobRecord]:
             rows = c.execute(
                 "SELECT * FROM jobs WHERE status IN ('completed', 'failed')"
-                " AND finished_at < ? ORDER BY finished_at LIMIT ?",
+                " AND finished_at < ? AND id NOT IN"
+                " (SELECT job_id FROM deliveries WHERE status = 'pending')"
+                " ORDER BY finished_at LIMIT ?",
                 (finished_before, limit),
             ).fetchall()
             return [_record(row) for row in rows]
@@ -427,11 +402,19 @@ class SqliteJobStore:
         limit: int,
         status: JobStatus | None = None,
         before: tuple[float, str] | None = None,
+        owner: str | None = None,
     ) -> list[JobRecord]:
-        """Up to `limit` jobs, newest first, created before `before` (created_at, id)."""
+        """Up to `limit` jobs, newest first, created before `before` (created_at, id); only
+        `owner`'s if given."""
         created, job_id = before if before is not None else (float("inf"), "")
-        where = "(created_at, id) < (?, ?)" + ("" if status is None else " AND status = ?")
-        params: tuple[Any, ...] = (created, job_id) + (() if status is None else (status,))
+        where = "(created_at, id) < (?, ?)"
+        params: tuple[Any, ...] = (created, job_id)
+        if status is not None:
+            where += " AND status = ?"
+            params += (status,)
+        if owner is not None:
+            where += " AND owner = ?"
+            params += (owner,)
         sql = f"SELECT * FROM jobs WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608 - fixed text
 
         def query(c: sqlite3.Connection) -> list[JobRecord]:
@@ -440,21 +423,31 @@ class SqliteJobStore:
         return await self._run(query)
 
 
+def _replayable(
+    c: sqlite3.Connection, owner: str | None, idempotency_key: str, since: float
+) -> JobRecord | None:
+    row = c.execute(
+        "SELECT * FROM jobs WHERE owner IS ? AND idempotency_key = ? AND created_at >= ?",
+        (owner, idempotency_key, since),
+    ).fetchone()
+    return None if row is None else _record(row)
+
+
 def _record(row: sqlite3.Row) -> JobRecord:
-    return msgspec.convert(
-        dict(zip(_COLUMNS, (row[name] for name in _COLUMNS), strict=True)), JobRecord
-    )
+    values = dict(zip(_COLUMNS, (row[name] for name in _COLUMNS), strict=True))
+    values["reused"] = bool(values["reused"])
+    return msgspec.convert(values, JobRecord)
 
 
 @asynccontextmanager
 async def open_job_store(path: Path) -> AsyncIterator[SqliteJobStore]:
     """Open (creating if needed) the job database; closed when the block exits."""
-    conn = await trio.to_thread.run_sync(_connect, path)
-    reader = _connect_reader(path) if path != Path(":memory:") else None
-    store = SqliteJobStore(conn, reader)
+    conn = await trio.to_thread.run_sync(connect, path)
+    reader = connect_reader(path) if path != Path(":memory:") else None
+    thread = SqliteThread(conn)
     try:
-        yield store
+        yield SqliteJobStore(thread, reader)
     finally:
-        store.close()
+        thread.close()
         if reader is not None:
             reader.close()

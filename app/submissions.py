@@ -23,7 +23,7 @@ from app.errors import (
     UnsupportedFormat,
 )
 from app.models import (
-    Document,
+    JobDocument,
     JobKind,
     JobRequest,
     Output,
@@ -35,6 +35,7 @@ from app.models import (
     Variant,
 )
 from app.settings import Settings
+from app.ssrf import ForbiddenDestination, check_url
 from imaging.document import Resize, Trim, seed_steps
 from imaging.encode import MAX_SIDE, output_problem, resolve_format
 
@@ -80,6 +81,8 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     paths: dict[str, str]
     width: int = 0
     height: int = 0
+    callback_url: str | None = None
+    metadata: bytes | None = None  # the caller's JSON object, encoded
 
 
 class JobPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -199,19 +202,55 @@ def check_output_size(settings: Settings, width: int, height: int) -> None:
             )
 
 
+#: The most `metadata` may take, encoded as JSON.
+MAX_METADATA_BYTES = 8192
+
+
 def _seed_order(request: SubmitRequest | UploadParameters, settings: Settings) -> Order:
     check_output_size(settings, request.width, request.height)
     steps = seed_steps(request.operation, request.width, request.height)
+    metadata = request.metadata if isinstance(request, SubmitRequest) else None
     return Order(
         operation=request.operation,
         variants={"default": Variant(steps=steps, output=Output(format=request.output_format))},
         paths={"default": "steps"},
         width=request.width,
         height=request.height,
+        callback_url=_callback_url(request.callback_url, settings),
+        metadata=_metadata(metadata),
     )
 
 
-def _document_order(document: Document, settings: Settings) -> Order:
+def _callback_url(url: str | None, settings: Settings) -> str | None:
+    """A `callback_url` this service may call: http(s), no credentials, not a literal private
+    address (a host name is resolved and checked at submit, and again when connecting)."""
+    if url is None:
+        return None
+    if settings.webhook_secret is None:
+        raise InvalidField(
+            "invalid field `callback_url`: webhooks are off on this server (it has no"
+            " WEBHOOK_SECRET to sign them with)"
+        )
+    try:
+        check_url(url, allow_private=settings.webhook_allow_private)
+    except ForbiddenDestination as exc:
+        raise InvalidField(f"invalid field `callback_url`: {exc}") from None
+    return url
+
+
+def _metadata(metadata: dict[str, object] | None) -> bytes | None:
+    if metadata is None:
+        return None
+    encoded = msgspec.json.encode(metadata)
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise InvalidField(
+            f"invalid field `metadata`: at most {MAX_METADATA_BYTES} bytes as JSON,"
+            f" got {len(encoded)}"
+        )
+    return encoded
+
+
+def _document_order(document: JobDocument, settings: Settings) -> Order:
     """Check what the types cannot: the deployment's limits, a resize with a side."""
     try:
         variants = document.renditions()
@@ -229,7 +268,13 @@ def _document_order(document: Document, settings: Settings) -> Order:
     }
     for name, variant in variants.items():
         _check_steps(variant.steps, paths[name], settings)
-    return Order(operation="steps", variants=variants, paths=paths)
+    return Order(
+        operation="steps",
+        variants=variants,
+        paths=paths,
+        callback_url=_callback_url(document.callback_url, settings),
+        metadata=_metadata(document.metadata),
+    )
 
 
 def _check_steps(steps: list[Step], path: str, settings: Settings) -> None:
@@ -295,7 +340,7 @@ def parse_parameters(parameters: Mapping[str, str], settings: Settings) -> Order
             raise InvalidField(f"invalid request: unknown parameter `{unknown}` beside `spec`")
         raise InvalidField(_mixed_message(mixed))
     try:
-        document = msgspec.json.decode(parameters["spec"], type=Document)
+        document = msgspec.json.decode(parameters["spec"], type=JobDocument)
     except msgspec.ValidationError as exc:
         raise InvalidField(_field_message(exc)) from None
     except msgspec.DecodeError as exc:
@@ -386,5 +431,5 @@ def check_upload(image: bytes | Path, order: Order, settings: Settings) -> JobPl
         output_format=first.format,
         width=order.width if seed else first.width,
         height=order.height if seed else first.height,
-        document=None if seed else msgspec.json.encode(Document(variants=decided)),
+        document=None if seed else msgspec.json.encode(imaging.Document(variants=decided)),
     )

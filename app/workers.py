@@ -194,7 +194,7 @@ class WorkerPool:
         for _ in range(size - len(active)):
             worker = _Worker(next(self._numbers))
             self._workers.append(worker)
-            self._nursery.start_soon(self._serve_worker, worker, self._queue.receiver())
+            self._nursery.start_soon(self._serve_worker, worker)
         log_event("pool.resized", size=size)
 
     def cancel(self, job_id: str) -> bool:
@@ -217,25 +217,21 @@ class WorkerPool:
         if not worker.busy:
             worker.idle_scope.cancel()
 
-    async def _serve_worker(
-        self, worker: _Worker, receiver: trio.MemoryReceiveChannel[str]
-    ) -> None:
-        async with receiver:
-            while not worker.retiring:
-                with worker.idle_scope:
-                    job_id = await receiver.receive()
-                if worker.idle_scope.cancelled_caught:
-                    break
-                worker.idle_scope = trio.CancelScope()
-                self._queue.taken(job_id)
-                worker.busy = True
-                worker.job_id = job_id
-                try:
-                    with trio.CancelScope() as worker.job_scope:
-                        await self._run_job(job_id)
-                finally:
-                    worker.busy = False
-                    worker.job_id = None
+    async def _serve_worker(self, worker: _Worker) -> None:
+        while not worker.retiring:
+            with worker.idle_scope:
+                job_id = await self._queue.receive()
+            if worker.idle_scope.cancelled_caught:
+                break
+            worker.idle_scope = trio.CancelScope()
+            worker.busy = True
+            worker.job_id = job_id
+            try:
+                with trio.CancelScope() as worker.job_scope:
+                    await self._run_job(job_id)
+            finally:
+                worker.busy = False
+                worker.job_id = None
         self._workers.remove(worker)
 
     async def _run_job(self, job_id: str) -> None:
@@ -373,11 +369,12 @@ class WorkerPool:
         free = self._queue.free_slots()
         if free <= 0:
             return 0
-        ids = await self._store.runnable(limit=free, exclude=self._queue.known_ids())
+        runnable = await self._store.runnable(limit=free, exclude=self._queue.known_ids())
         queued = 0
-        for job_id in ids:
+        for job_id, key_name in runnable:
+            # No `owner_limit`: a job already accepted is never refused for its key's share.
             try:
-                with self._queue.reserve_nowait(job_id) as slot:
+                with self._queue.reserve_nowait(job_id, key_name) as slot:
                     slot.put()
             except (QueueFull, ValueError):
                 continue  # filled or queued meanwhile by a submit; the next sweep sees it

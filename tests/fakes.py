@@ -50,10 +50,45 @@ class FakeStore:
             self.rows[job_id], updated_at=time.time(), **changes
         )
 
-    async def insert(self, record: JobRecord) -> None:
+    async def insert(
+        self, record: JobRecord, *, replay_since: float | None = None
+    ) -> JobRecord | None:
         await trio.lowlevel.checkpoint()
         assert record.id not in self.rows
+        if record.idempotency_key is not None:
+            earlier = self._replayable(record.owner, record.idempotency_key, replay_since or 0.0)
+            if earlier is not None:
+                return earlier
         self.rows[record.id] = record
+        return None
+
+    def _replayable(self, owner: str | None, key: str, since: float) -> JobRecord | None:
+        return next(
+            (
+                r
+                for r in self.rows.values()
+                if r.owner == owner and r.idempotency_key == key and r.created_at >= since
+            ),
+            None,
+        )
+
+    async def replayable(
+        self, *, owner: str | None, idempotency_key: str, since: float
+    ) -> JobRecord | None:
+        await trio.lowlevel.checkpoint()
+        return self._replayable(owner, idempotency_key, since)
+
+    async def reusable(
+        self, *, owner: str | None, input_sha256: bytes, spec: bytes
+    ) -> JobRecord | None:
+        await trio.lowlevel.checkpoint()
+        done = [
+            r
+            for r in self.rows.values()
+            if r.status == "completed"
+            and (r.owner, r.input_sha256, r.spec) == (owner, input_sha256, spec)
+        ]
+        return max(done, key=lambda r: r.finished_at or 0.0, default=None)
 
     async def get(self, job_id: str) -> JobRecord | None:
         await trio.lowlevel.checkpoint()
@@ -119,11 +154,11 @@ class FakeStore:
         self._set(job_id, status="pending", claimed_by=None, lease_expires_at=None)
         return True
 
-    async def runnable(self, *, limit: int, exclude: Iterable[str]) -> list[str]:
+    async def runnable(self, *, limit: int, exclude: Iterable[str]) -> list[tuple[str, str | None]]:
         await trio.lowlevel.checkpoint()
         skip = set(exclude)
         ids = [
-            r.id
+            (r.id, r.owner)
             for r in sorted(self.rows.values(), key=lambda r: r.created_at)
             if r.status == "pending" and r.id not in skip
         ]
@@ -179,10 +214,12 @@ class FakeStore:
         limit: int,
         status: JobStatus | None = None,
         before: tuple[float, str] | None = None,
+        owner: str | None = None,
     ) -> list[JobRecord]:
         await trio.lowlevel.checkpoint()
         rows = sorted(self.rows.values(), key=lambda r: (r.created_at, r.id), reverse=True)
         rows = [r for r in rows if status is None or r.status == status]
+        rows = [r for r in rows if owner is None or r.owner == owner]
         if before is not None:
             rows = [r for r in rows if (r.created_at, r.id) < before]
         return rows[:limit]

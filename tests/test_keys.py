@@ -18,7 +18,7 @@ def test_keys_are_read_from_pairs_and_from_a_file(tmp_path: Path) -> None:
     assert all(A_SECRET.encode() not in key.secret_sha256 for key in keys)  # digests only
     path = tmp_path / "keys"
     path.write_text(f"# who may submit\nalice:{A_SECRET}\n\n  # bob left\ncarol:{B_SECRET}\n")
-    assert [key.name for key in read_keys_file(path)] == ["alice", "carol"]
+    assert [key.name for key in parse_keys(read_keys_file(path))] == ["alice", "carol"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.server import body_limit
-from app.settings import ENVIRONMENT, Settings, SettingsError, load_settings
+from app.settings import ENVIRONMENT, Settings, SettingsError, api_keys, load_settings
 
 
 def test_defaults_are_the_seed_services_except_the_pool() -> None:
@@ -30,6 +30,8 @@ def test_defaults_are_the_seed_services_except_the_pool() -> None:
 def test_every_variable_is_read(tmp_path: Path) -> None:
     watermark = tmp_path / "mark.png"
     watermark.write_bytes(b"any file: it is read by the workers")
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# one key a line\ncarol:carol-secret-0123456789\n")
     environ = {
         "PORT": "9000",
         "DB_PATH": "/tmp/x.db",
@@ -57,6 +59,13 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "MAX_FRAMES": "7",
         "MAX_OUTPUT_PIXELS": "2000000",
         "WATERMARK_PATH": str(watermark),
+        "API_KEYS": "alice:alice-secret-0123456789,bob:bob-secret-0123456789",
+        "API_KEYS_FILE": str(keys_file),
+        "RATE_LIMIT": "2.5",
+        "MAX_QUEUED_PER_KEY": "50",
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_ALLOW_PRIVATE": "true",
+        "WEBHOOK_RETRY_BASE_S": "0.5",
     }
     assert set(environ) == set(ENVIRONMENT)
     settings = load_settings(environ)
@@ -87,7 +96,41 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         max_frames=7,
         max_output_pixels=2_000_000,
         watermark_path=watermark,
+        api_keys="alice:alice-secret-0123456789,bob:bob-secret-0123456789",
+        api_keys_file=keys_file,
+        rate_limit=2.5,
+        max_queued_per_key=50,
+        webhook_secret=SECRET,
+        webhook_allow_private=True,
+        webhook_retry_base_s=0.5,
     )
+    assert [key.name for key in api_keys(settings)] == ["alice", "bob", "carol"]
+
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"API_KEYS": "alice"}, "API_KEYS is invalid: key 1 is not name:secret"),
+        ({"API_KEYS": "alice:short"}, "API_KEYS is invalid: key 'alice': a secret needs"),
+        ({"API_KEYS": "a:0123456789abcdef,a:fedcba9876543210"}, "must be unique"),
+        ({"API_KEYS_FILE": "/nonexistent/keys"}, "API_KEYS_FILE is invalid"),
+        ({"WEBHOOK_SECRET": "not-base64!"}, "WEBHOOK_SECRET is invalid: a webhook secret is"),
+        ({"WEBHOOK_SECRET": "whsec_c2hvcnQ="}, "needs at least 16 bytes"),
+        ({"RATE_LIMIT": "0"}, "RATE_LIMIT='0' is invalid"),
+    ],
+)
+def test_bad_keys_and_webhook_settings_fail_fast_without_echoing_secrets(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ)
+    assert message in str(caught.value)
+    for value in environ.values():
+        if "secret" in value or value.startswith("whsec_") or ":" in value:
+            assert value not in str(caught.value)
 
 
 def test_a_watermark_path_that_is_not_a_file_fails_fast(tmp_path: Path) -> None:

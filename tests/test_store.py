@@ -9,7 +9,8 @@ from pathlib import Path
 import msgspec
 import trio
 
-from app.store import MIGRATIONS, SqliteJobStore, _connect, _connect_reader, open_job_store
+from app.sqlite import MIGRATIONS, SqliteThread, connect, connect_reader
+from app.store import JobRecord, SqliteJobStore, open_job_store
 from tests.fakes import record
 
 
@@ -80,8 +81,8 @@ async def test_runnable_takes_back_expired_claims_and_skips_excluded(tmp_path: P
         await store.insert(record("leased", created_at=0.2))
         await store.claim("leased", owner="alive", lease_s=60)
         ids = await store.runnable(limit=10, exclude={"queued"})
-        assert ids == ["expired", "old", "new"]
-        assert await store.runnable(limit=1, exclude=set()) == ["expired"]
+        assert ids == [("expired", None), ("old", None), ("new", None)]
+        assert await store.runnable(limit=1, exclude=set()) == [("expired", None)]
         assert await store.owners() == ["alive"]
         assert await store.release_owner("alive") == 1
         assert (await store.get("leased")).status == "pending"  # type: ignore[union-attr]
@@ -140,13 +141,14 @@ async def test_a_row_read_the_reader_cannot_make_goes_through_the_store_thread(
     # Any OperationalError of the reader (busy, locked) falls back to the store's thread:
     # here a reader on an empty file, which has no jobs table.
     sqlite3.connect(tmp_path / "empty.db").close()
-    store = SqliteJobStore(_connect(tmp_path / "jobs.db"), _connect_reader(tmp_path / "empty.db"))
+    thread = SqliteThread(connect(tmp_path / "jobs.db"))
+    store = SqliteJobStore(thread, connect_reader(tmp_path / "empty.db"))
     try:
         row = record("a")
         await store.insert(row)
         assert await store.get("a") == row
     finally:
-        store.close()
+        thread.close()
 
 
 # The schema of the first release (version 0), as it created the table.
@@ -197,3 +199,109 @@ async def test_opening_a_current_database_again_migrates_nothing(tmp_path: Path)
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
         assert columns.count("spec") == 1
+
+
+async def test_the_owners_of_runnable_jobs_come_with_them(tmp_path: Path) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        await store.insert(record("a", owner="alice", created_at=1.0))
+        await store.insert(record("b", created_at=2.0))
+        assert await store.runnable(limit=5, exclude=()) == [("a", "alice"), ("b", None)]
+
+
+async def test_an_idempotency_key_makes_one_job_per_owner_within_its_window(
+    tmp_path: Path,
+) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        first = record("first", owner="alice", idempotency_key="k1", created_at=100.0)
+        assert await store.insert(first, replay_since=50.0) is None
+        # the same key, same owner: the first job is answered, nothing inserted
+        again = record("again", owner="alice", idempotency_key="k1", created_at=101.0)
+        assert await store.insert(again, replay_since=50.0) == first
+        assert await store.get("again") is None
+        # another owner's key of the same name is another key
+        bobs = record("bobs", owner="bob", idempotency_key="k1", created_at=102.0)
+        assert await store.insert(bobs, replay_since=50.0) is None
+        found = await store.replayable(owner="alice", idempotency_key="k1", since=50.0)
+        assert found == first
+        # once the window is over, the key is free again and names the new job
+        later = record("later", owner="alice", idempotency_key="k1", created_at=300.0)
+        assert await store.insert(later, replay_since=200.0) is None
+        found = await store.replayable(owner="alice", idempotency_key="k1", since=0.0)
+        assert found is not None
+        assert found.id == "later"
+        assert (await store.get("first")) is not None  # the job itself stays
+
+
+async def test_two_processes_inserting_one_key_at_once_make_one_job(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    answers: list[JobRecord | None] = []
+    async with open_job_store(path) as one, open_job_store(path) as two:
+
+        async def insert(store: SqliteJobStore, job_id: str) -> None:
+            row = record(job_id, owner="alice", idempotency_key="same", created_at=10.0)
+            answers.append(await store.insert(row, replay_since=0.0))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(insert, one, "x")
+            nursery.start_soon(insert, two, "y")
+        assert answers.count(None) == 1
+        assert await one.count() == 1
+
+
+async def test_a_completed_job_of_the_same_owner_upload_and_spec_is_reusable(
+    tmp_path: Path,
+) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        same = {"input_sha256": b"d" * 32, "spec": b'{"steps":[]}'}
+        await store.insert(record("done", owner="alice", **same))
+        await store.claim("done", owner="me", lease_s=60)
+        await store.complete("done", owner="me", width=1, height=1, size_bytes=1)
+        await store.insert(record("waiting", owner="alice", **same))
+        found = await store.reusable(owner="alice", **same)
+        assert found is not None
+        assert found.id == "done"
+        assert await store.reusable(owner="bob", **same) is None
+        assert (
+            await store.reusable(owner="alice", input_sha256=b"e" * 32, spec=same["spec"]) is None
+        )
+        assert (
+            await store.reusable(owner="alice", input_sha256=same["input_sha256"], spec=b"{}")
+            is None
+        )
+
+
+async def test_a_job_with_a_callback_owes_its_delivery_from_the_moment_it_ends(
+    tmp_path: Path,
+) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        hook = "https://hooks.example.com/imgjobs"
+        for job_id in ("ok", "bad", "quiet"):
+            url = None if job_id == "quiet" else hook
+            await store.insert(record(job_id, callback_url=url))
+            await store.claim(job_id, owner="me", lease_s=60)
+        assert await store.deliveries.of(["ok", "bad", "quiet"]) == {}  # nothing ended yet
+        await store.complete("ok", owner="me", width=1, height=1, size_bytes=1)
+        await store.fail("bad", code="timeout", message="too slow", owner="me")
+        await store.complete("quiet", owner="me", width=1, height=1, size_bytes=1)
+        owed = await store.deliveries.of(["ok", "bad", "quiet"])
+        assert sorted(owed) == ["bad", "ok"]
+        assert owed["ok"].event == "job.completed"
+        assert owed["bad"].event == "job.failed"
+        assert owed["ok"].webhook_id == "msg_" + "ok"  # the job id without dashes
+        assert (owed["ok"].status, owed["ok"].attempts, owed["ok"].url) == ("pending", 0, hook)
+        due = await store.deliveries.claim_due(owner="me", lease_s=30, limit=10)
+        assert sorted(d.job_id for d in due) == ["bad", "ok"]
+        assert await store.deliveries.claim_due(owner="other", lease_s=30, limit=10) == []
+        # a job still owing its webhook is not expired; deleting the job drops the delivery
+        assert [r.id for r in await store.expired(finished_before=1e12, limit=10)] == ["quiet"]
+        assert await store.delete("ok")
+        assert sorted(await store.deliveries.of(["ok", "bad"])) == ["bad"]
+
+
+async def test_listing_by_owner_shows_only_that_owners_jobs(tmp_path: Path) -> None:
+    async with open_job_store(tmp_path / "jobs.db") as store:
+        await store.insert(record("a", owner="alice", created_at=1.0))
+        await store.insert(record("b", owner="bob", created_at=2.0))
+        await store.insert(record("c", created_at=3.0))
+        assert [r.id for r in await store.page(limit=10, owner="alice")] == ["a"]
+        assert [r.id for r in await store.page(limit=10)] == ["c", "b", "a"]
