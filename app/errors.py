@@ -18,6 +18,8 @@ holding the human message, which is what clients of the original API read::
     ├── UnsupportedMediaType    415 unsupported_media_type
     │   └── UnsupportedFormat   415 unsupported_format
     ├── UnprocessableImage      422 (code of the imaging error: image_too_large, corrupt_image...)
+    ├── IdempotencyKeyReused    422 idempotency_key_reused
+    ├── RateLimited             429 rate_limited (with Retry-After and RateLimit headers)
     ├── TooManyQueued           429 too_many_queued (with Retry-After)
     ├── QueueFull               503 queue_full (with Retry-After)
     ├── ServiceStopping         503 shutting_down (with Retry-After)
@@ -32,6 +34,7 @@ import msgspec
 
 __all__ = [
     "BadRequest",
+    "IdempotencyKeyReused",
     "InvalidBase64",
     "InvalidField",
     "JobNotReady",
@@ -41,6 +44,7 @@ __all__ = [
     "PayloadTooLarge",
     "Problem",
     "QueueFull",
+    "RateLimited",
     "RequestTimeout",
     "ServiceError",
     "ServiceStopping",
@@ -176,6 +180,30 @@ class UnprocessableImage(ServiceError):
     status = 422
     title = "Unprocessable Content"
     default_code = "unprocessable_image"
+
+
+class IdempotencyKeyReused(ServiceError):
+    """An `Idempotency-Key` already used (within its 24 hours) for another request."""
+
+    status = 422
+    title = "Unprocessable Content"
+    default_code = "idempotency_key_reused"
+
+
+class RateLimited(ServiceError):
+    """A key's submits came faster than `RATE_LIMIT` allows."""
+
+    status = 429
+    title = "Too Many Requests"
+    default_code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, limits: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.limits = limits
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s), **self.limits}
 
 
 class _RetryLater(ServiceError):

@@ -13,12 +13,14 @@ import msgspec
 import trio
 from quart import Blueprint, Response, request
 
+from app.access import caller
 from app.application import current_service
 from app.errors import InvalidField
 from app.models import JobList, JobStatus
-from app.routes import TERMINAL, job_view, json_response, record_of
+from app.routes import TERMINAL, json_response, record_of
 from app.service import Service
 from app.store import JobRecord
+from app.views import job_view
 
 __all__ = ["blueprint"]
 
@@ -45,12 +47,18 @@ async def list_jobs() -> Response:
         raise InvalidField(f"status must be one of {', '.join(_STATUSES)}, not {status[:32]!r}")
     limit = _limit(request.args.get("limit"))
     before = _cursor(request.args.get("cursor"))
-    records = await current_service().store.page(
-        limit=limit + 1, status=_status(status), before=before
+    service = current_service()
+    records = await service.store.page(
+        limit=limit + 1,
+        status=_status(status),
+        before=before,
+        owner=caller() if service.access.keyring.enabled else None,
     )
     page, more = records[:limit], len(records) > limit
     next_cursor = _encode_cursor(page[-1]) if more else None
-    return json_response(JobList(jobs=[job_view(r) for r in page], next_cursor=next_cursor))
+    hooks = await service.deliveries.of(r.id for r in page if r.callback_url is not None)
+    jobs = [job_view(r, hooks.get(r.id)) for r in page]
+    return json_response(JobList(jobs=jobs, next_cursor=next_cursor))
 
 
 def _status(text: str | None) -> JobStatus | None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import trio
-from quart import Blueprint, Response, request, send_file
+from quart import Blueprint, Response, g, request, send_file
 
+from app.access import caller, guarded
 from app.application import current_service
 from app.errors import (
     InvalidField,
@@ -23,20 +23,23 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.models import (
+    IDEMPOTENCY_KEY_LENGTH,
     DryRun,
     Health,
-    JobError,
+    JobStatus,
     JobSubmitted,
     JobView,
     PoolResize,
     PoolView,
     ProbeRequest,
 )
-from app.outputs import decode_results, document_of
+from app.outputs import decode_results
+from app.service import Accepted, Caller
 from app.store import JobRecord
 from app.submissions import JobPlan, decode_image_data
+from app.views import job_view
 
-__all__ = ["TERMINAL", "blueprint", "job_view", "json_response", "record_of"]
+__all__ = ["TERMINAL", "blueprint", "json_response", "record_of", "view_of"]
 
 blueprint = Blueprint("jobs", __name__)
 
@@ -77,46 +80,29 @@ def _job_id(text: str) -> str:
 
 
 async def record_of(text: str) -> JobRecord:
-    """The row of the job named by `text`; 404 for an unknown or malformed id."""
+    """The row of the job named by `text`; 404 for an unknown or malformed id, and for
+    another API key's job (whether it exists is not the caller's to know)."""
     job_id = _job_id(text)
-    record = await current_service().store.get(job_id)
-    if record is None:
+    service = current_service()
+    record = await service.store.get(job_id)
+    if record is None or not service.access.may_see(caller(), record):
         raise NotFound(f"no job with id {job_id!r}")
     return record
 
 
-def job_view(record: JobRecord) -> JobView:
-    completed = record.status == "completed"
-    return JobView(
-        id=record.id,
-        status=record.status,
-        input_path=record.input_key,
-        output_path=record.output_key,
-        operation=record.operation,
-        width=record.width,
-        height=record.height,
-        output_format=record.output_format,
-        created_at=_timestamp(record.created_at),
-        updated_at=_timestamp(record.updated_at),
-        error=(
-            JobError(code=record.error_code or "failed", message=record.error_message or "")
-            if record.status == "failed"
-            else None
-        ),
-        result_width=record.result_width if completed else None,
-        result_height=record.result_height if completed else None,
-        result_bytes=record.result_bytes if completed else None,
-        spec=document_of(record),
-        variants=(
-            {name: result.view(record.id, name) for name, result in results.items()}
-            if (results := decode_results(record.results)) and completed
-            else None
-        ),
-    )
+async def view_of(record: JobRecord) -> JobView:
+    """The job's view, with its webhook's delivery state if it has a callback."""
+    if record.callback_url is None:
+        return job_view(record)
+    deliveries = await current_service().deliveries.of([record.id])
+    return job_view(record, deliveries.get(record.id))
 
 
-def _timestamp(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, UTC)
+@blueprint.before_app_request
+async def _authenticate() -> None:
+    """Name the caller of the job routes by its API key (401 without a valid one)."""
+    if guarded(request.path):
+        g.owner = current_service().access.identify(request.headers.get("Authorization"))
 
 
 @blueprint.post("/jobs")
@@ -128,32 +114,51 @@ async def submit_job() -> Response:
     service = current_service()
     parameters = request.args.to_dict()
     dry_run = _flag(parameters.pop("dry_run", None), "dry_run")
+    who = Caller(owner=caller(), idempotency_key=_idempotency_key())
+    limits = {} if dry_run else service.access.take_submit(who.owner)
     mimetype = request.mimetype
     if mimetype == "application/json":
         body = await _json_body()
         if dry_run:
             return _dry_run((await service.check_json(body))[0])
-        record = await service.submit_json(body)
+        accepted = await service.submit_json(body, who)
     elif mimetype == "multipart/form-data":
         data, form = await _multipart_image()
         if dry_run:
             return _dry_run(await service.check_bytes(data, form))
-        record = await service.submit_bytes(data, form)
+        accepted = await service.submit_bytes(data, form, who)
     elif _is_raw(mimetype):
         _check_length()
         if dry_run:
             return _dry_run(await service.plan_stream(request.body, parameters))
-        record = await service.submit_stream(request.body, parameters)
+        accepted = await service.submit_stream(request.body, parameters, who)
     else:
         raise UnsupportedMediaType(
             "POST /jobs takes application/json (base64 image), multipart/form-data (an"
             f" `image` file part) or a raw image/* body, not {mimetype or 'nothing'}"
         )
-    return json_response(
-        JobSubmitted(job_id=record.id),
-        status=202,
-        headers={"Location": f"/jobs/{record.id}"},
-    )
+    return _accepted(accepted, limits)
+
+
+def _accepted(accepted: Accepted, limits: dict[str, str]) -> Response:
+    """The 202 of a submit: a replay answers as the first request was answered."""
+    record = accepted.record
+    headers = {"Location": f"/jobs/{record.id}", **limits}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    status: JobStatus = "completed" if record.reused else "pending"
+    return json_response(JobSubmitted(job_id=record.id, status=status), 202, headers=headers)
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+        raise InvalidField(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_LENGTH} printable characters"
+        )
+    return key
 
 
 @blueprint.post("/probe")
@@ -239,14 +244,15 @@ async def get_job(job_id: str) -> Response:
                     # Re-read now and then: another server process may have run the job.
                     with trio.move_on_after(WAIT_RECHECK_S):
                         await finished.wait()
-    return json_response(job_view(record))
+    return json_response(await view_of(record))
 
 
 @blueprint.delete("/jobs/<job_id>")
 async def delete_job(job_id: str) -> Response:
     """Remove a job and its files; a queued or running job is cancelled first."""
-    if not await current_service().delete(_job_id(job_id)):
-        raise NotFound(f"no job with id {job_id[:64]!r}")
+    record = await record_of(job_id)
+    if not await current_service().delete(record.id):
+        raise NotFound(f"no job with id {record.id!r}")
     return Response(b"", status=204)
 
 

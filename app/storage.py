@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
@@ -104,6 +105,13 @@ class LocalStorage:
     async def commit(self, temp: Path, key: str) -> None:
         await trio.to_thread.run_sync(os.replace, temp, self.path(key))
 
+    async def copy(self, source: str, key: str) -> None:
+        """Store what `source` holds under `key` too (a hard link where the file system
+        allows, so reused outputs cost no space); FileNotFoundError if it is gone."""
+        await trio.to_thread.run_sync(
+            _copy_atomic, self.path(source), self.temp_path(key), self.path(key)
+        )
+
     async def remove(self, *keys: str) -> None:
         paths = [self.path(key) for key in keys]
         await trio.to_thread.run_sync(_unlink_all, paths)
@@ -163,6 +171,20 @@ def _write_atomic(temp: Path, final: Path, data: bytes) -> None:
         temp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageFull("no space left to store the upload; retry later") from None
+        raise
+
+
+def _copy_atomic(source: Path, temp: Path, final: Path) -> None:
+    try:
+        os.link(source, temp)
+    except FileNotFoundError:
+        raise
+    except OSError:  # another file system, or no hard links there
+        shutil.copyfile(source, temp)
+    try:
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
         raise
 
 

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import anyio
@@ -141,6 +141,8 @@ class WorkerPool:
         self._stopping = False
         self._finished: dict[str, trio.Event] = {}
         self._watchers: Counter[str] = Counter()
+        #: Called when a job with a callback_url ended here (its webhook is due now).
+        self.webhook_due: Callable[[], None] = lambda: None
 
     @contextmanager
     def watch(self, job_id: str) -> Iterator[trio.Event]:
@@ -309,6 +311,8 @@ class WorkerPool:
                 processing_s=time.monotonic() - started,
             )
             self._announce(job_id)
+            if record.callback_url is not None:
+                self.webhook_due()
         except trio.Cancelled:
             # Shutdown deadline or deletion: the worker process is already killed; give
             # the job back (if it still exists) so that the next start runs it.
