@@ -9,6 +9,7 @@ once from its outputs.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,14 @@ import pytest
 import trio
 
 from tests.conftest import GOOD
-from tests.servers import job_body, make_settings, open_server, submit_slow, wait_done
+from tests.servers import (
+    ServerProcess,
+    job_body,
+    make_settings,
+    open_server,
+    submit_slow,
+    wait_done,
+)
 from tests.test_api import assert_problem as assert_message
 
 ALICE = "alice-secret-0123456789"
@@ -326,3 +334,23 @@ async def test_without_a_webhook_secret_a_callback_is_refused_saying_why(tmp_pat
         response = await post_json(client, body)
         assert_code(response, 400, "invalid_field")
         assert "WEBHOOK_SECRET" in response.json()["error"]
+
+
+async def test_secrets_never_reach_the_log(tmp_path: Path) -> None:
+    hook_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    wrong = "guessed-secret-0123456789"
+    settings = make_settings(tmp_path, api_keys=KEYS, webhook_secret=hook_secret)
+    server = ServerProcess(settings, extra_env={"LOG_LEVEL": "DEBUG"})
+    async with trio.open_nursery() as nursery:
+        url = await server.start(nursery)
+        async with httpx.AsyncClient(base_url=url) as client:
+            accepted = await post_json(client, job_body(SMALL), bearer(ALICE))
+            assert accepted.status_code == 202
+            assert (await post_json(client, job_body(SMALL), bearer(wrong))).status_code == 401
+            assert (await client.get("/jobs", headers=bearer(BOB))).status_code == 200
+        server.signal(signal.SIGTERM)
+        assert await server.wait() == 0
+    logged = json.dumps(server.events)
+    assert "alice" in logged  # keys are known by their names
+    for secret in (ALICE, BOB, wrong, hook_secret, hook_secret.removeprefix("whsec_")):
+        assert secret not in logged

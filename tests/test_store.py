@@ -305,3 +305,32 @@ async def test_listing_by_owner_shows_only_that_owners_jobs(tmp_path: Path) -> N
         await store.insert(record("c", created_at=3.0))
         assert [r.id for r in await store.page(limit=10, owner="alice")] == ["a"]
         assert [r.id for r in await store.page(limit=10)] == ["c", "b", "a"]
+
+
+async def test_a_database_of_the_last_release_opens_and_its_jobs_keep_working(
+    tmp_path: Path,
+) -> None:
+    """Schema 3 (steps, variants, the listing index), as the last release left it."""
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(FIRST_RELEASE_SCHEMA)
+        for statements in MIGRATIONS[:3]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 3")
+        conn.execute("UPDATE jobs SET spec = ? WHERE id = 'old'", (b'{"steps":[]}',))
+    async with open_job_store(path) as store:
+        old = await store.get("old")
+        assert old is not None
+        assert (old.spec, old.owner, old.callback_url, old.reused) == (
+            b'{"steps":[]}',
+            None,
+            None,
+            False,
+        )
+        assert [r.id for r in await store.page(limit=5)] == ["old"]
+        assert await store.claim("old", owner="me", lease_s=60) is not None
+        assert await store.complete("old", owner="me", width=1, height=1, size_bytes=1)
+        assert await store.deliveries.of(["old"]) == {}  # no callback, nothing owed
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
