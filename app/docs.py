@@ -13,16 +13,13 @@ import msgspec
 from quart import Blueprint, Response, request, send_file
 
 from app.errors import NotFound
-from app.openapi import (
+from app.openapi import LINK_VALUES, ROUTES, UNION_NAMES, WIRE_TYPES, Route
+from app.openapi_components import (
     ERRORS,
     HEADERS,
-    LINK_VALUES,
     PARAMETERS,
-    ROUTES,
     SECURITY_SCHEMES,
-    UNION_NAMES,
-    WIRE_TYPES,
-    Route,
+    WEBHOOKS,
     Schema,
     ref,
 )
@@ -84,6 +81,7 @@ TAGS: Final = (
     {"name": "admin", "description": "Operate the service (needs ADMIN_TOKEN)."},
     {"name": "web", "description": "The web page and its files."},
     {"name": "docs", "description": "This description, as JSON and as a page."},
+    {"name": "webhooks", "description": "What the service sends to a job's `callback_url`."},
 )
 
 #: An 8x8 PNG, so that the examples (and "Try it out") make real jobs.
@@ -108,6 +106,7 @@ EXAMPLES: Final[dict[str, dict[str, Schema]]] = {
                 "image_data": EXAMPLE_IMAGE,
                 "steps": [{"op": "resize", "width": 32, "height": 32, "fit": "contain"}],
                 "output": {"format": "webp", "quality": 80},
+                "metadata": {"order": "A-1234"},
             },
         },
     },
@@ -124,6 +123,13 @@ Every error is `application/problem+json` (RFC 9457, the `Problem` schema) with 
 deployment (`MAX_DIMENSION`, `MAX_STEPS`, `MAX_VARIANTS`, `MAX_UPLOAD_SIZE`, `MAX_PIXELS`)
 are checked at submit and answered with `400`, `413` or `422`; the schemas state the bounds
 that hold everywhere.
+
+With API_KEYS (or API_KEYS_FILE) set, `/jobs` and `/probe` need an API key
+(`Authorization: Bearer <secret>`, else `401`), and a job belongs to the key that made it:
+any other key is answered `404` for it. With RATE_LIMIT set, each key's submits are
+limited (`429` beyond, with `Retry-After` and the `RateLimit` headers), as are its jobs
+waiting with MAX_QUEUED_PER_KEY. An `Idempotency-Key` makes a submit safe to retry. A job
+with a `callback_url` is announced there when it ends: the `jobEnded` webhook.
 
 Below the application, the HTTP server (hypercorn) answers requests it cannot parse without
 any body: `400` for a malformed request line or header, `431` for a request line or headers
@@ -232,6 +238,7 @@ def openapi_document() -> Schema:
         "servers": [{"url": "/"}],
         "tags": list(TAGS),
         "paths": paths,
+        "webhooks": WEBHOOKS,
         "components": {
             "schemas": _schemas(),
             "parameters": {name: {"name": name, **p} for name, p in PARAMETERS.items()},

@@ -150,6 +150,9 @@ class SqliteJobStore:
         row = msgspec.structs.asdict(record)
 
         def query(c: sqlite3.Connection) -> JobRecord | None:
+            if record.idempotency_key is None and record.callback_url is None:
+                c.execute(_INSERT, row)  # the common case: one statement, no transaction
+                return None
             with transaction(c):
                 if record.idempotency_key is not None:
                     earlier = _replayable(

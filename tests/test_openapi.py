@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
+import jsonschema_rs
 import msgspec
 import pytest
 import requests
@@ -31,13 +32,22 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.access import guarded
+from app.delivery_store import DeliveryRecord
 from app.docs import ASSET_TYPES, EXAMPLES, INIT_SCRIPT, openapi_document, swagger_ui_folder
-from app.openapi import DOCS_MEDIA_TYPES, PARAMETERS, ROUTES, WIRE_TYPES
+from app.models import IDEMPOTENCY_KEY_LENGTH
+from app.openapi import DOCS_MEDIA_TYPES, KEYED, ROUTES, WIRE_TYPES
+from app.openapi_components import PARAMETERS
 from app.server import create_app
+from app.views import event_body
+from app.webhooks import Signer, new_webhook_id
 from tests.conftest import BAD, GOOD
+from tests.fakes import record
 from tests.servers import ServerProcess, job_body, make_settings, open_server
 
 ADMIN_TOKEN = "openapi-admin"
+API_KEY = "alice-secret-0123456789"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -73,7 +83,12 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert document["info"]["title"] == "imgjobs"
     assert document["info"]["version"] == importlib.metadata.version("imgjobs")
     assert document["servers"] == [{"url": "/"}]
-    assert {tag["name"] for tag in document["tags"]} == {route.tag for route in ROUTES}
+    operations = [
+        operation
+        for items in (*document["paths"].values(), *document["webhooks"].values())
+        for operation in items.values()
+    ]
+    assert {tag["name"] for tag in document["tags"]} == {t for o in operations for t in o["tags"]}
 
 
 def test_every_route_is_declared_once_and_nothing_else(tmp_path: Path) -> None:
@@ -119,6 +134,121 @@ def test_every_error_answer_is_a_problem() -> None:
     assert set(responses["ServiceUnavailable"]["headers"]) == {"Retry-After"}
     assert set(responses["Unauthorized"]["headers"]) == {"WWW-Authenticate"}
     assert set(responses["MethodNotAllowed"]["headers"]) == {"Allow"}
+
+
+def schema_validator(document: dict[str, Any], pointer: str) -> jsonschema_rs.Validator:
+    """A JSON Schema validator of the document's schema at `pointer` (its references
+    resolved within the document)."""
+    return jsonschema_rs.Draft202012Validator({**document, "$ref": f"#{pointer}"})
+
+
+def test_the_job_routes_take_an_api_key_where_the_server_asks_for_one() -> None:
+    document = openapi_document()
+    scheme = document["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "API_KEYS" in scheme["description"]
+    assert "API_KEYS_FILE" in scheme["description"]
+    keyed = set()
+    for route in ROUTES:
+        operation = document["paths"][route.path][route.method.lower()]
+        security = operation.get("security", [])
+        # As app.access decides it, for a concrete path of the route.
+        if guarded(re.sub(r"{\w+}", "x", route.path)):
+            keyed.add(route.path)
+            assert security == [{"bearerAuth": []}, {}] == list(KEYED), route.path
+            assert operation["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
+        else:
+            assert all("bearerAuth" not in requirement for requirement in security), route.path
+    assert {path for path in keyed if not path.startswith("/jobs")} == {"/probe"}
+    assert len(keyed) == 6  # /jobs, /jobs/{job_id} and below, /probe
+    paths = document["paths"]
+    assert paths["/metrics"]["get"]["security"] == [{}, {"metricsToken": []}]
+    for path in ("/health", "/docs", "/", "/openapi.json"):
+        assert "security" not in paths[path]["get"], path
+
+
+def test_a_submit_documents_its_key_its_limits_and_its_replays() -> None:
+    document = openapi_document()
+    components = document["components"]
+    submit = document["paths"]["/jobs"]["post"]
+    assert {"$ref": "#/components/parameters/Idempotency-Key"} in submit["parameters"]
+    key = components["parameters"]["Idempotency-Key"]
+    assert key["in"] == "header"
+    assert key["schema"] == {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_LENGTH}
+    assert key.get("required", False) is False
+    assert submit["responses"]["429"] == {"$ref": "#/components/responses/TooManyRequests"}
+    too_many = components["responses"]["TooManyRequests"]
+    assert set(too_many["headers"]) == {"Retry-After", "RateLimit-Policy", "RateLimit"}
+    for code in ("rate_limited", "too_many_queued"):
+        assert code in too_many["description"]
+    unprocessable = components["responses"]["UnprocessableContent"]
+    assert "idempotency_key_reused" in unprocessable["description"]
+    headers = components["headers"]
+    # Sent only when RATE_LIMIT is set (on a 429 `too_many_queued`, never): not required.
+    for name in ("RateLimit-Policy", "RateLimit", "Idempotent-Replayed"):
+        assert headers[name]["required"] is False, name
+    assert headers["Retry-After"]["required"] is True
+    accepted = submit["responses"]["202"]["headers"]
+    assert set(accepted) == {"Location", "Idempotent-Replayed", "RateLimit-Policy", "RateLimit"}
+    # Every body names its callback and may carry metadata.
+    schemas = components["schemas"]
+    for name in ("JobDocument", "JobRequest", "SubmitRequest"):
+        assert {"callback_url", "metadata"} <= set(schemas[name]["properties"]), name
+    assert "callback_url" in schemas["UploadParameters"]["properties"]
+    form = submit["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert form["spec"]["contentSchema"] == {"$ref": "#/components/schemas/JobDocument"}
+    assert "callback_url" in form
+    spec = components["parameters"]["spec"]
+    assert spec["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/JobDocument"
+    }
+    assert "callback_url" in spec["description"]
+    assert "metadata" in spec["description"]
+    view = schemas["JobView"]["properties"]
+    assert {"callback_url", "metadata", "webhook", "reused"} <= set(view)
+    assert view["webhook"]["anyOf"][0] == {"$ref": "#/components/schemas/WebhookView"}
+
+
+def test_the_webhook_is_described_as_it_is_sent() -> None:
+    document = openapi_document()
+    assert set(document["webhooks"]) == {"jobEnded"}
+    post = document["webhooks"]["jobEnded"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/WebhookEvent"}
+    generated = msgspec.json.schema_components(
+        [t for t in WIRE_TYPES if isinstance(t, type)], ref_template="#/components/schemas/{name}"
+    )[1]
+    assert document["components"]["schemas"]["WebhookEvent"] == generated["WebhookEvent"]
+    assert set(post["responses"]) == {"2XX", "default"}
+    parameters = {p["name"]: p for p in post["parameters"]}
+    assert set(parameters) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert all(p["in"] == "header" and p["required"] for p in parameters.values())
+    # What the service really sends conforms: a signed event of a completed job.
+    job = record(
+        "7e2c4b9e-0000-4000-8000-000000000000",
+        status="completed",
+        callback_url="https://hooks.example.com/imgjobs",
+        metadata=b'{"order": "A-1234"}',
+        finished_at=1_750_000_000.0,
+    )
+    delivery = DeliveryRecord(
+        job_id=job.id,
+        webhook_id=new_webhook_id(),
+        url="https://hooks.example.com/imgjobs",
+        event="job.completed",
+        status="pending",
+        created_at=1_750_000_000.0,
+        updated_at=1_750_000_000.0,
+    )
+    payload = event_body(job, delivery)
+    schema_validator(document, "/components/schemas/WebhookEvent").validate(
+        msgspec.json.decode(payload)
+    )
+    sent = Signer(WEBHOOK_SECRET).headers(delivery.webhook_id, 1_750_000_001, payload)
+    assert set(sent) == set(parameters)
+    for name, value in sent.items():
+        schema = parameters[name]["schema"]
+        jsonschema_rs.validate(schema, int(value) if schema["type"] == "integer" else value)
 
 
 class _References(HTMLParser):
@@ -193,20 +323,25 @@ class Conformance:
         self.seen: set[tuple[str, str, int]] = set()
 
     async def __call__(self, method: str, path: str, status: int, **kwargs: Any) -> httpx.Response:
+        response = await self.client.request(method, path, **kwargs)
+        assert response.status_code == status, response.text
+        self.check(response)
+        return response
+
+    def check(self, response: httpx.Response) -> None:
+        """Hold one answer to the document's operation for its request."""
+        method, path = response.request.method, response.request.url.path
         for route in ROUTES:
             pattern = re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", route.path)
-            match = re.fullmatch(pattern, path.partition("?")[0])
+            match = re.fullmatch(pattern, path)
             if route.method == method and match is not None:
                 break
         else:
             raise AssertionError(f"{method} {path} is not in the document")
-        response = await self.client.request(method, path, **kwargs)
-        assert response.status_code == status, response.text
         response.request.read()  # a multipart body streams; schemathesis reads it
         case = self.schema[route.path][method].Case(path_parameters=match.groupdict())
         case.validate_response(response, checks=CHECKS)
-        self.seen.add((method, route.path, status))
-        return response
+        self.seen.add((method, route.path, response.status_code))
 
 
 async def wait_completed(conform: Conformance, job_id: str) -> dict[str, Any]:
@@ -278,6 +413,62 @@ async def test_real_answers_conform_to_the_document(client: httpx.AsyncClient) -
     await conform("GET", "/metrics", 200)
     covered = {(method, path) for method, path, _ in conform.seen}
     assert covered == {(route.method, route.path) for route in ROUTES}
+
+
+async def test_idempotent_submits_conform_to_the_document(client: httpx.AsyncClient) -> None:
+    conform = Conformance(client)
+    example = EXAMPLES["submitJob"]["seed"]["value"]
+    key = {"Idempotency-Key": "order-A-1234"}
+    first = await conform("POST", "/jobs", 202, json=example, headers=key)
+    assert "idempotent-replayed" not in first.headers
+    again = await conform("POST", "/jobs", 202, json=example, headers=key)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["job_id"] == first.json()["job_id"]
+    other = await conform("POST", "/jobs", 422, json={**example, "width": 33}, headers=key)
+    assert other.json()["code"] == "idempotency_key_reused"
+    too_long = {"Idempotency-Key": "k" * (IDEMPOTENCY_KEY_LENGTH + 1)}
+    await conform("POST", "/jobs", 400, json=example, headers=too_long)
+
+
+async def test_a_server_with_api_keys_answers_as_documented(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, api_keys=f"alice:{API_KEY}", rate_limit=1.0)
+    problem = schema_validator(openapi_document(), "/components/schemas/Problem")
+    async with open_server(settings) as server, httpx.AsyncClient(base_url=server.url) as client:
+        conform = Conformance(client)
+        unknown = "7e2c4b9e-0000-4000-8000-000000000000"
+        wrong = {"Authorization": "Bearer not-a-key-of-this-server"}
+        for route in ROUTES:
+            if route.security != KEYED:
+                continue
+            path = route.path.format(job_id=unknown, name="default")
+            for headers in ({}, wrong):
+                refused = await conform(route.method, path, 401, headers=headers)
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert refused.headers["www-authenticate"] == 'Bearer realm="imgjobs"'
+                assert refused.json()["code"] == "unauthorized"
+                problem.validate(refused.json())
+        # A burst of submits: the first ones spend the quota (burst 2 at 1 a second).
+        alice = {"Authorization": f"Bearer {API_KEY}"}
+        example = EXAMPLES["submitJob"]["seed"]["value"]
+        accepted: list[str] = []
+        for _ in range(10):
+            response = await client.post("/jobs", json=example, headers=alice)
+            conform.check(response)
+            if response.status_code == 429:
+                break
+            assert response.status_code == 202, response.text
+            assert {"ratelimit-policy", "ratelimit"} <= set(response.headers)
+            accepted.append(response.json()["job_id"])
+        else:
+            raise AssertionError("ten submits in a row, none limited")
+        assert accepted
+        assert response.headers["content-type"] == "application/problem+json"
+        assert {"retry-after", "ratelimit-policy", "ratelimit"} <= set(response.headers)
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.json()["code"] == "rate_limited"
+        problem.validate(response.json())
+        await conform("GET", f"/jobs/{accepted[0]}", 200, headers=alice)
+    assert {status for _, _, status in conform.seen} == {200, 202, 401, 429}
 
 
 async def test_an_unanswered_method_is_a_405_problem_with_allow(client: httpx.AsyncClient) -> None:
