@@ -114,6 +114,7 @@ async def submit_job() -> Response:
     service = current_service()
     parameters = request.args.to_dict()
     dry_run = _flag(parameters.pop("dry_run", None), "dry_run")
+    wait_s = _wait_seconds(parameters.pop("wait", None))
     who = Caller(owner=caller(), idempotency_key=_idempotency_key())
     limits = {} if dry_run else service.access.take_submit(who.owner)
     mimetype = request.mimetype
@@ -137,17 +138,41 @@ async def submit_job() -> Response:
             "POST /jobs takes application/json (base64 image), multipart/form-data (an"
             f" `image` file part) or a raw image/* body, not {mimetype or 'nothing'}"
         )
-    return _accepted(accepted, limits)
+    return await _accepted(accepted, limits, wait_s)
 
 
-def _accepted(accepted: Accepted, limits: dict[str, str]) -> Response:
-    """The 202 of a submit: a replay answers as the first request was answered."""
+async def _accepted(accepted: Accepted, limits: dict[str, str], wait_s: float) -> Response:
+    """The 202 of a submit (a replay answers as the first request was answered); with
+    `wait`, the 201 of a job that ended within it, with its view."""
     record = accepted.record
     headers = {"Location": f"/jobs/{record.id}", **limits}
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
+    if wait_s:
+        ended = await _ended_within(record, wait_s)
+        if ended.status in TERMINAL:
+            return json_response(await view_of(ended), 201, headers=headers)
     status: JobStatus = "completed" if record.reused else "pending"
     return json_response(JobSubmitted(job_id=record.id, status=status), 202, headers=headers)
+
+
+async def _ended_within(record: JobRecord, wait_s: float) -> JobRecord:
+    """The job's row once it has ended, or as it is when `wait_s` has passed."""
+    pool = current_service().pool
+    with trio.move_on_after(wait_s):
+        while record.status not in TERMINAL:
+            with pool.watch(record.id) as finished:
+                # Watching before reading: an end in between cannot be missed.
+                latest = await current_service().store.get(record.id)
+                if latest is None:
+                    raise NotFound(f"no job with id {record.id!r} (deleted meanwhile)")
+                record = latest
+                if record.status in TERMINAL:
+                    break
+                # Re-read now and then: another server process may have run the job.
+                with trio.move_on_after(WAIT_RECHECK_S):
+                    await finished.wait()
+    return record
 
 
 def _idempotency_key() -> str | None:
@@ -232,18 +257,8 @@ async def get_job(job_id: str) -> Response:
     """The job; with `?wait=N` (seconds, up to 60), first wait until it has finished."""
     wait_s = _wait_seconds(request.args.get("wait"))
     record = await record_of(job_id)
-    if wait_s and record.status not in TERMINAL:
-        pool = current_service().pool
-        with trio.move_on_after(wait_s):
-            while record.status not in TERMINAL:
-                with pool.watch(record.id) as finished:
-                    # Watching before reading: an end in between cannot be missed.
-                    record = await record_of(record.id)
-                    if record.status in TERMINAL:
-                        break
-                    # Re-read now and then: another server process may have run the job.
-                    with trio.move_on_after(WAIT_RECHECK_S):
-                        await finished.wait()
+    if wait_s:
+        record = await _ended_within(record, wait_s)
     return json_response(await view_of(record))
 
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from tests.conftest import BAD, GOOD
-from tests.servers import make_settings, open_server, submit, submit_slow
+from tests.servers import job_body, make_settings, open_server, submit, submit_slow
 from tests.test_api import assert_problem
 
 PHOTO = GOOD / "mate__Elephants.jpg"
@@ -130,3 +130,61 @@ async def test_a_bad_listing_query_is_a_400(
     client: httpx.AsyncClient, query: dict[str, str], words: str
 ) -> None:
     assert_problem(await client.get("/jobs", params=query), 400, words)
+
+
+async def test_submit_with_wait_answers_201_with_the_finished_job_on_every_form(
+    client: httpx.AsyncClient,
+) -> None:
+    image = PHOTO.read_bytes()
+    query = {"wait": "30", "operation": "thumbnail", "width": "100", "height": "100"}
+    answers = [
+        await client.post(
+            "/jobs",
+            params={"wait": "30"},
+            content=job_body(PHOTO, operation="thumbnail", width=100, height=100),
+            headers={"Content-Type": "application/json"},
+        ),
+        await client.post(
+            "/jobs", params=query, content=image, headers={"Content-Type": "image/jpeg"}
+        ),
+        await client.post(
+            "/jobs",
+            params={"wait": "30"},
+            data={k: v for k, v in query.items() if k != "wait"},
+            files={"image": ("e.jpg", image, "image/jpeg")},
+        ),
+    ]
+    for response in answers:
+        assert response.status_code == 201, response.text
+        view = response.json()
+        assert view["status"] == "completed"
+        assert (view["result_width"], view["result_height"]) == (
+            100,
+            56,
+        )  # 1920x1080 in a 100x100 box
+        assert response.headers["Location"] == f"/jobs/{view['id']}"
+    failed = await client.post(
+        "/jobs",
+        params={"wait": "30"},
+        content=job_body(BAD / "handmade__Storm_first_half.jpg"),
+        headers={"Content-Type": "application/json"},
+    )
+    assert failed.status_code == 201
+    assert failed.json()["error"]["code"] == "truncated_image"
+
+
+async def test_submit_with_a_wait_too_short_answers_the_usual_202(
+    client: httpx.AsyncClient,
+) -> None:
+    await submit_slow(client)  # the only worker is busy for a good second
+    response = await client.post(
+        "/jobs",
+        params={"wait": "0.2"},
+        content=job_body(PHOTO),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 202
+    assert response.json()["status"] == "pending"
+    bad = await client.post("/jobs", params={"wait": "61"}, content=job_body(PHOTO))
+    assert bad.status_code == 400
+    assert "wait" in bad.json()["error"]
