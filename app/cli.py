@@ -3,7 +3,9 @@
 Exit codes: 0 all done, 1 a job failed (or its result could not be written), 2 a usage
 error, 3 the server unreachable or an HTTP error; anything but 0 says why on stderr, one
 line per problem. On a terminal, progress is drawn with rich; otherwise every job is one
-JSON line on stdout, for scripts.
+JSON line on stdout, for scripts. A submit answered 429 or 503 (a rate limit, a full queue)
+is sent again after its Retry-After, under the same idempotency key (one per file), so that
+no file ever makes two jobs.
 """
 
 from __future__ import annotations
@@ -13,20 +15,25 @@ import json
 import os
 import re
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 # Only the standard library at import: the server's worker processes import the main
 # module again (as __mp_main__), and `imgjobs serve` makes this module the main one.
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress, TaskID
-
     from app.client import AsyncClient, Client
-    from app.models import JobView
+    from app.client_types import JobView, Submitted
+
+from app.cli_report import (
+    Report,
+    Result,
+    console,
+    is_terminal,
+    live_report,
+    print_json,
+)
 
 __all__ = ["main"]
 
@@ -36,131 +43,17 @@ EXIT_FAILED: Final = 1
 EXIT_ERROR: Final = 3
 FITS: Final = ("inside", "cover", "contain", "fill", "outside")
 FORMATS: Final = ("jpeg", "jpg", "png", "webp", "avif", "gif")
-#: Uploads at least this big get a progress bar of their own.
-BIG_UPLOAD_BYTES: Final = 1024 * 1024
 EXTENSIONS: Final = {"jpeg": "jpg"}
+#: A submit answered 429 (rate limit) or 503 (queue full) is sent again after its
+#: Retry-After, at most this many times, under the same idempotency key.
+SUBMIT_RETRIES: Final = 5
+RETRY_STATUSES: Final = frozenset({429, 503})
+#: The wait before a retry when the answer gives no Retry-After, and the longest obeyed.
+DEFAULT_RETRY_S: Final = 1.0
+MAX_RETRY_S: Final = 60.0
+MAX_IDEMPOTENCY_KEY: Final = 255
 
-Status = Literal["pending", "completed", "failed", "error"]
 E = TypeVar("E", bound=BaseException)
-
-
-class Result(NamedTuple):
-    """What became of one file of `imgjobs submit`: one JSON line, or one line of text."""
-
-    file: str
-    status: Status
-    job_id: str | None = None
-    error: dict[str, Any] | None = None
-    variants: dict[str, Any] | None = None
-    saved: dict[str, str] | None = None
-
-    def json(self) -> str:
-        return json.dumps({k: v for k, v in self._asdict().items() if v is not None})
-
-    def text(self) -> str:
-        """The line shown on a terminal (rich markup)."""
-        from rich.markup import escape
-
-        job = f" job {self.job_id}" if self.job_id else ""
-        if self.status == "pending":
-            return f"[cyan]•[/] {escape(self.file)}{job} pending"
-        if self.status != "completed":
-            return f"[red]✗[/] {escape(self.file)}{job}: {escape(self.problem())}"
-        outputs = ", ".join(
-            f"{view['width']}x{view['height']} {view['format']} {view['bytes']:,} B"
-            + (f" → {escape(self.saved[name])}" if self.saved and name in self.saved else "")
-            for name, view in (self.variants or {}).items()
-        )
-        return f"[green]✓[/] {escape(self.file)}{job}: {outputs}"
-
-    def problem(self) -> str:
-        error = self.error or {}
-        status = f"HTTP {error['http_status']} " if "http_status" in error else ""
-        return f"{status}{error.get('code') or 'error'}: {error.get('message', '')}"
-
-
-class Report(Protocol):
-    """How `imgjobs submit` shows what it does: rich on a terminal, JSON lines otherwise."""
-
-    def start(self, file: Path) -> Any: ...
-    def uploaded(self, task: Any, sent: int, total: int) -> None: ...
-    def waiting(self, task: Any) -> None: ...
-    def downloading(self, task: Any) -> None: ...
-    def finish(self, task: Any, result: Result) -> None: ...
-
-
-class Lines:
-    """One JSON line per job on stdout, as each finishes; nothing else."""
-
-    def start(self, file: Path) -> None:
-        return None
-
-    def uploaded(self, task: None, sent: int, total: int) -> None:
-        pass
-
-    def waiting(self, task: None) -> None:
-        pass
-
-    def downloading(self, task: None) -> None:
-        pass
-
-    def finish(self, task: None, result: Result) -> None:
-        print(result.json(), flush=True)
-
-
-class Bars:
-    """A row per file in flight (an upload bar for big files, then a spinner while the job
-    runs), an overall bar for a batch, and a line per file as it finishes."""
-
-    def __init__(self, progress: Progress, files: Sequence[Path]) -> None:
-        self.progress = progress
-        self.count = len(files)
-        self.finished: list[Result] = []
-        #: Each row's file name, and whether it has an upload bar.
-        self.names: dict[TaskID, tuple[str, bool]] = {}
-        self.overall = (
-            progress.add_task("all files", total=self.count, detail=f"0/{self.count}")
-            if self.count > 1
-            else None
-        )
-
-    def start(self, file: Path) -> TaskID:
-        size = file.stat().st_size
-        total = size if size >= BIG_UPLOAD_BYTES else None
-        task = self.progress.add_task(f"{file.name}: uploading", total=total, detail="")
-        self.names[task] = (file.name, total is not None)
-        return task
-
-    def uploaded(self, task: TaskID, sent: int, total: int) -> None:
-        if self.names[task][1]:
-            from rich.filesize import decimal
-
-            self.progress.update(task, completed=sent, detail=f"{decimal(sent)}/{decimal(total)}")
-
-    def waiting(self, task: TaskID) -> None:
-        self.progress.reset(task, total=None, description=self._doing(task, "processing"))
-        self.progress.update(task, detail="")
-
-    def downloading(self, task: TaskID) -> None:
-        self.progress.update(task, description=self._doing(task, "downloading"))
-
-    def _doing(self, task: TaskID, what: str) -> str:
-        return f"{self.names[task][0]}: {what}"
-
-    def finish(self, task: TaskID, result: Result) -> None:
-        self.progress.remove_task(task)
-        self.progress.console.print(result.text(), highlight=False, soft_wrap=True)
-        self.finished.append(result)
-        if self.overall is not None:
-            done = f"{len(self.finished)}/{self.count}"
-            self.progress.update(self.overall, advance=1, detail=done)
-
-    def summary(self, elapsed_s: float) -> str:
-        counts: dict[str, int] = {}
-        for result in self.finished:
-            counts[result.status] = counts.get(result.status, 0) + 1
-        parts = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
-        return f"{self.count} file{'s' if self.count != 1 else ''}: {parts} in {elapsed_s:.1f} s"
 
 
 def _size(text: str) -> tuple[int | None, int | None]:
@@ -182,6 +75,24 @@ def _positive(text: str) -> int:
 def _url(text: str) -> str:
     if not re.match(r"https?://[^/]", text):
         raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, not {text!r}")
+    return text
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text[:60]!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({{...}}), not {text[:60]!r}")
+    return value
+
+
+def _idempotency_key(text: str) -> str:
+    if not (1 <= len(text) <= MAX_IDEMPOTENCY_KEY and text.isascii() and text.isprintable()):
+        raise argparse.ArgumentTypeError(
+            f"expected 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters, not {text[:60]!r}"
+        )
     return text
 
 
@@ -223,6 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--format", choices=FORMATS, help="the output format")
     submit.add_argument("--spec", type=Path, metavar="FILE", help="a whole job document (JSON)")
+    submit.add_argument(
+        "--callback-url",
+        type=_url,
+        metavar="URL",
+        help="where the server POSTs each job's end (a signed webhook)",
+    )
+    submit.add_argument(
+        "--metadata",
+        type=_json_object,
+        metavar="JSON",
+        help="a JSON object kept with each job, shown in its view and webhook",
+    )
+    submit.add_argument(
+        "--idempotency-key",
+        type=_idempotency_key,
+        metavar="KEY",
+        help="with one FILE: submitting again with the same KEY (within 24 h) answers the"
+        " same job instead of making another (default: a new key per file, kept across the"
+        " retries of a busy server)",
+    )
     submit.add_argument("--wait", action="store_true", help="wait for each job to end")
     submit.add_argument(
         "-o",
@@ -281,31 +212,14 @@ def complain(message: str, code: int) -> int:
     return code
 
 
-def is_terminal() -> bool:
-    """Is stdout a terminal? `TTY_COMPATIBLE=1` or `0` (rich's variable) says so instead."""
-    forced = os.environ.get("TTY_COMPATIBLE")
-    return forced == "1" if forced in ("0", "1") else sys.stdout.isatty()
-
-
-def console() -> Console:
-    from rich.console import Console
-
-    return Console(force_terminal=is_terminal())
-
-
-def print_json(data: bytes) -> None:
-    if is_terminal():
-        console().print_json(data.decode())
-    else:
-        print(data.decode(), flush=True)
-
-
 def submit_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     document = job_document(parser, args)
     files: list[Path] = args.files
     for file in files:
         if not file.is_file():
             parser.error(f"no such file: {file}")
+    if args.idempotency_key is not None and len(files) > 1:
+        parser.error("--idempotency-key goes with one FILE (with several, each gets a key)")
     targets = output_targets(parser, files, args.output, waiting=args.wait)
     import trio
 
@@ -320,7 +234,21 @@ def submit_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def job_document(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
-    """The job document the options describe."""
+    """The job document the options describe, with its callback and metadata."""
+    document = what_to_make(parser, args)
+    extras = {"callback_url": args.callback_url, "metadata": args.metadata}
+    for name, value in extras.items():
+        if value is None:
+            continue
+        if name in document:
+            option = "--" + name.replace("_", "-")
+            parser.error(f"--spec {args.spec} has a {name} already: leave out {option}")
+        document[name] = value
+    return document
+
+
+def what_to_make(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The job document of `--spec`, or of `--resize`, `--fit` and `--format`."""
     if args.spec is not None:
         if args.resize or args.fit or args.format:
             parser.error("--spec is a whole document: give --resize, --fit and --format in it")
@@ -387,10 +315,13 @@ async def submit_all(
     unreachable: list[Unreachable] = []
 
     async def run(index: int, file: Path, report: Report, client: AsyncClient) -> None:
+        # One key per file, kept across retries: a retried submit never makes a second job.
+        key = args.idempotency_key or str(uuid.uuid4())
         async with limiter:
             task = report.start(file)
             target = targets[file] if targets else None
-            results[index] = await run_job(client, file, document, args.wait, target, report, task)
+            job = Job(file, document, key, target)
+            results[index] = await run_job(client, job, args.wait, report, task)
             report.finish(task, results[index])
 
     with live_report(files) as report:
@@ -405,44 +336,73 @@ async def submit_all(
     return [results[index] for index in sorted(results)]
 
 
-async def run_job(
-    client: AsyncClient,
-    file: Path,
-    document: dict[str, Any],
-    wait: bool,
-    target: Target | None,
-    report: Report,
-    task: Any,
-) -> Result:
+class Job(NamedTuple):
+    """One file of `imgjobs submit`: what to make of it, the idempotency key of its submit,
+    and where its results go."""
+
+    file: Path
+    document: dict[str, Any]
+    idempotency_key: str
+    target: Target | None
+
+
+async def run_job(client: AsyncClient, order: Job, wait: bool, report: Report, task: Any) -> Result:
     """One file: submit it; with `wait`, wait for its end; with a target, save its outputs."""
     from app.client import HTTPError
 
-    name = str(file)
+    name = str(order.file)
+    target = order.target
     job_id: str | None = None
     try:
-        submitted = await client.submit(
-            file, document=document, progress=lambda sent, total: report.uploaded(task, sent, total)
-        )
+        submitted = await submit_file(client, order, report, task)
         job_id = submitted.job_id
+        replayed = True if submitted.replayed else None
         if not wait:
-            return Result(name, "pending", job_id)
+            return Result(name, "pending", job_id, replayed=replayed)
         report.waiting(task)
         job = await client.wait(job_id)
         if job.status == "failed":
             reason = job.error
             failure = {"code": reason.code, "message": reason.message} if reason else None
-            return Result(name, "failed", job_id, error=failure)
+            return Result(name, "failed", job_id, error=failure, replayed=replayed)
         outputs = variants_of(job)
         saved = None
         if target is not None:
             report.downloading(task)
             saved = await save(client, job, outputs, target)
-        return Result(name, "completed", job_id, variants=outputs, saved=saved)
+        return Result(name, "completed", job_id, variants=outputs, saved=saved, replayed=replayed)
     except HTTPError as exc:
         problem = {"code": exc.code, "message": exc.message, "http_status": exc.status}
         return Result(name, "error", job_id, error=problem)
     except OSError as exc:
         return Result(name, "failed", job_id, error={"code": "io_error", "message": str(exc)})
+
+
+async def submit_file(client: AsyncClient, order: Job, report: Report, task: Any) -> Submitted:
+    """Submit a file, again after the Retry-After of a busy server (429 or 503), at most
+    SUBMIT_RETRIES times; under the same idempotency key each time, so that no retry can
+    make a second job (were a refused submit ever taken after all, it is answered again)."""
+    import trio
+
+    from app.client import HTTPError
+
+    retries = 0
+    while True:
+        try:
+            return await client.submit(
+                order.file,
+                document=order.document,
+                idempotency_key=order.idempotency_key,
+                progress=lambda sent, total: report.uploaded(task, sent, total),
+            )
+        except HTTPError as exc:
+            if exc.status not in RETRY_STATUSES or retries >= SUBMIT_RETRIES:
+                raise
+            retries += 1
+            delay_s = DEFAULT_RETRY_S if exc.retry_after_s is None else exc.retry_after_s
+            delay_s = min(delay_s, MAX_RETRY_S)
+            report.retrying(task, retries, delay_s)
+            await trio.sleep(delay_s)
 
 
 def variants_of(job: JobView) -> dict[str, Any]:
@@ -492,22 +452,6 @@ def leaves(group: BaseExceptionGroup[E]) -> list[E]:
     return found
 
 
-@contextmanager
-def live_report(files: Sequence[Path]) -> Iterator[Report]:
-    if not is_terminal():
-        yield Lines()
-        return
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn())
-    detail = TextColumn("{task.fields[detail]}")
-    with Progress(*columns, detail, TimeElapsedColumn(), console=console(), transient=True) as bar:
-        started = time.monotonic()
-        bars = Bars(bar, files)
-        yield bars
-        bar.console.print(bars.summary(time.monotonic() - started), highlight=False)
-
-
 def status_command(args: argparse.Namespace) -> int:
     import msgspec
 
@@ -516,10 +460,28 @@ def status_command(args: argparse.Namespace) -> int:
     with Client(args.url) as client:
         job = client.job(args.job_id)
     print_json(msgspec.json.encode(job))
+    if job.webhook is not None and is_terminal():  # piped, the JSON has its `webhook`
+        console().print(webhook_line(job), highlight=False)
     if job.status == "failed":
         reason = f"{job.error.code}: {job.error.message}" if job.error else "no reason given"
         return complain(f"job {job.id} failed ({reason})", EXIT_FAILED)
     return EXIT_OK
+
+
+def webhook_line(job: JobView) -> str:
+    """The state of a job's webhook, as one line of rich markup."""
+    from rich.markup import escape
+
+    hook = job.webhook
+    assert hook is not None
+    colour = {"delivered": "green", "failed": "red"}.get(hook.status, "yellow")
+    said = [f"{hook.attempts} attempt{'' if hook.attempts == 1 else 's'}"]
+    if hook.last_status:
+        said.append(f"last answer {escape(hook.last_status)}")
+    if hook.next_attempt_at is not None:
+        said.append(f"next at {hook.next_attempt_at.isoformat(timespec='seconds')}")
+    target = f" to {escape(job.callback_url)}" if job.callback_url else ""
+    return f"webhook{target}: [{colour}]{hook.status}[/] ({', '.join(said)})"
 
 
 def download_command(args: argparse.Namespace) -> int:

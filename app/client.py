@@ -1,12 +1,13 @@
 """A typed Python client for the imgjobs HTTP API: `Client` (sync) and `AsyncClient`.
 
-It imports the wire types (`app.models`) and httpx, nothing of the server, and the async
-client runs under trio and asyncio alike (its file I/O goes through anyio, which httpx
-brings). Every answer is decoded into the wire types; every failure is one of::
+It imports httpx and its own lenient answer types (`app.client_types`), nothing of the
+server, and the async client runs under trio and asyncio alike (its file I/O goes through
+anyio, which httpx brings). Every answer is decoded into those types, which ignore members
+a newer server adds; every failure is one of::
 
     ClientError              base of everything this module raises about a call
     ├── HTTPError            the server answered 4xx/5xx: `status`, `code` and `message`
-    │                        from its problem+json body (`retry_after_s` from a 503)
+    │                        from its problem+json body (`retry_after_s` from a 429 or 503)
     ├── Unreachable          no answer: connection refused, DNS, time-outs, a dropped line
     ├── UnexpectedResponse   an answer the API does not send (a proxy's error page...)
     ├── JobFailed            `wait(..., check=True)` found the job failed: `job.error`
@@ -24,223 +25,106 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, NamedTuple, TypedDict, TypeVar, Unpack, overload
+from typing import Any, Final, Literal, Unpack, overload
 from urllib.parse import quote
 
 import anyio
 import httpx
-import msgspec
 
-from app.models import (
+from app.client_types import (
+    MAX_QUERY_SPEC_BYTES,
+    ClientError,
     Description,
-    Document,
     DryRun,
     Health,
-    JobSubmitted,
+    HTTPError,
+    JobError,
+    JobFailed,
+    JobList,
+    JobOptions,
     JobView,
-    Output,
-    Step,
-    Variant,
+    PlannedOutput,
+    Progress,
+    Submitted,
+    UnexpectedResponse,
+    Unreachable,
+    Upload,
+    VariantView,
+    WaitTimedOut,
+    WebhookView,
+    decode,
+    decode_submitted,
+    job_request,
+    raise_for_status,
 )
 
 __all__ = [
+    "MAX_QUERY_SPEC_BYTES",
     "AsyncClient",
     "Client",
     "ClientError",
+    "Description",
+    "DryRun",
     "HTTPError",
+    "Health",
     "ImageSource",
+    "JobError",
     "JobFailed",
+    "JobList",
     "JobOptions",
+    "JobView",
+    "PlannedOutput",
     "Progress",
+    "Submitted",
     "UnexpectedResponse",
     "Unreachable",
+    "VariantView",
     "WaitTimedOut",
+    "WebhookView",
 ]
 
 DEFAULT_URL: Final = "http://localhost:8080"
 URL_VARIABLE: Final = "IMGJOBS_URL"
 KEY_VARIABLE: Final = "IMGJOBS_API_KEY"
-#: The longest URL-encoded `spec` sent in the query string; a longer document goes as the
-#: `spec` field of a multipart form. Request lines over 8 KB are refused by common proxies
-#: (nginx's default buffers), over 64 KB by httpx itself.
-MAX_QUERY_SPEC_BYTES: Final = 4096
 #: The longest long-poll the server holds (`GET /jobs/{id}?wait=N`).
 MAX_WAIT_S: Final = 60.0
-CHUNK_BYTES: Final = 256 * 1024
 TIMEOUT: Final = httpx.Timeout(60.0, connect=10.0)
 TERMINAL: Final = frozenset({"completed", "failed"})
-_PARTS: Final = frozenset({"steps", "output", "variants"})
 #: Cleanup of a cancelled download: how long it may take, shielded from the cancellation.
 CLEANUP_S: Final = 5.0
+#: `Idempotency-Key`: 1 to 255 printable ASCII characters (what an HTTP header carries).
+MAX_IDEMPOTENCY_KEY: Final = 255
 
 #: An image: its bytes, or the path of a file (streamed, never read whole).
 ImageSource = bytes | str | os.PathLike[str]
-#: Called as the upload goes: `(image bytes sent, image bytes in all)`.
-Progress = Callable[[int, int], None]
-T = TypeVar("T")
-
-
-class ClientError(Exception):
-    """Base of every error the client raises about a call."""
-
-
-class HTTPError(ClientError):
-    """The server answered with an error status; `code` is its stable machine code."""
-
-    def __init__(
-        self, status: int, code: str | None, message: str, *, retry_after_s: float | None = None
-    ) -> None:
-        super().__init__(f"HTTP {status} {code or 'error'}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after_s = retry_after_s
-
-
-class Unreachable(ClientError):
-    """No answer from the server (connection refused, DNS, time-out, dropped connection)."""
-
-    def __init__(self, url: str, cause: Exception) -> None:
-        super().__init__(f"cannot reach {url}: {str(cause) or type(cause).__name__}")
-        self.url = url
-
-
-class UnexpectedResponse(ClientError):
-    """An answer that is not what the imgjobs API sends."""
-
-
-class JobFailed(ClientError):
-    """The job ended `failed`; `job.error` says why."""
-
-    def __init__(self, job: JobView) -> None:
-        error = job.error
-        reason = f"{error.code}: {error.message}" if error else "no reason given"
-        super().__init__(f"job {job.id} failed ({reason})")
-        self.job = job
-
-
-class WaitTimedOut(ClientError, TimeoutError):
-    """The job had not ended when `wait` gave up; `job` is its last view."""
-
-    def __init__(self, job: JobView, timeout_s: float) -> None:
-        super().__init__(f"job {job.id} is still {job.status} after {timeout_s:g} s")
-        self.job = job
-
-
-class JobOptions(TypedDict, total=False):
-    """What a job makes of its upload: a job document (whole, or its parts), or one of the
-    seed's operations. Give one form; with none, the image is re-encoded (seed's format rule).
-    Mappings are sent as they are, so the server names any bad field by its path."""
-
-    document: Document | Mapping[str, Any]
-    steps: Sequence[Step | Mapping[str, Any]]
-    output: Output | Mapping[str, Any]
-    variants: Mapping[str, Variant | Mapping[str, Any]]
-    #: The seed's `resize`: exactly (width, height), the aspect ratio may change.
-    resize: tuple[int, int]
-    #: The seed's `thumbnail`: fit inside (width, height), never enlarged.
-    thumbnail: tuple[int, int]
-    #: With `resize` or `thumbnail` only (a document says `output={"format": ...}`).
-    output_format: Literal["jpeg", "jpg", "png"]
-
-
-class _Upload(NamedTuple):
-    """A request body: the image, between the head and tail of a form when there is one."""
-
-    image: bytes | Path
-    size: int
-    head: bytes = b""
-    tail: bytes = b""
-    content_type: str = "application/octet-stream"
-
-    def headers(self) -> dict[str, str]:
-        length = len(self.head) + self.size + len(self.tail)
-        return {"Content-Type": self.content_type, "Content-Length": str(length)}
-
-    def chunks(self, progress: Progress | None) -> Iterator[bytes]:
-        yield self.head
-        sent = 0
-        for chunk in _read(self.image):
-            yield chunk
-            sent += len(chunk)
-            if progress is not None:
-                progress(sent, self.size)
-        yield self.tail
-
-    async def achunks(self, progress: Progress | None) -> AsyncIterator[bytes]:
-        yield self.head
-        sent = 0
-        async for chunk in _aread(self.image):
-            yield chunk
-            sent += len(chunk)
-            if progress is not None:
-                progress(sent, self.size)
-        yield self.tail
-
-
-def _read(image: bytes | Path) -> Iterator[bytes]:
-    if isinstance(image, bytes):
-        yield from (image[at : at + CHUNK_BYTES] for at in range(0, len(image), CHUNK_BYTES))
-        return
-    with image.open("rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            yield chunk
-
-
-async def _aread(image: bytes | Path) -> AsyncIterator[bytes]:
-    if isinstance(image, bytes):
-        for chunk in _read(image):
-            yield chunk
-        return
-    async with await anyio.open_file(image, "rb") as file:
-        while chunk := await file.read(CHUNK_BYTES):
-            yield chunk
 
 
 def _source(image: ImageSource) -> bytes | Path:
     return image if isinstance(image, bytes) else Path(image)
 
 
-def _job_request(
-    source: bytes | Path, size: int, options: JobOptions, *, dry_run: bool
-) -> tuple[dict[str, str], _Upload]:
-    """The query parameters and body of `POST /jobs`: the document in `?spec=` or, when
-    too long for a request head, in a multipart form beside the image."""
-    params = {"dry_run": "true"} if dry_run else {}
-    seed = [name for name in ("resize", "thumbnail") if name in options]
-    parts = [name for name in ("document", "steps", "output", "variants") if name in options]
-    if len(seed) > 1 or (seed and parts) or ("document" in parts and len(parts) > 1):
+def _size(source: bytes | Path) -> int:
+    return len(source) if isinstance(source, bytes) else source.stat().st_size
+
+
+async def _asize(source: bytes | Path) -> int:
+    return len(source) if isinstance(source, bytes) else (await anyio.Path(source).stat()).st_size
+
+
+def _submit_headers(upload: Upload, idempotency_key: str | None) -> dict[str, str]:
+    headers = upload.headers()
+    if idempotency_key is None:
+        return headers
+    if not (
+        1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+        and idempotency_key.isascii()
+        and idempotency_key.isprintable()
+    ):
         raise ValueError(
-            f"give one of: a document, its parts, resize or thumbnail; got {seed + parts}"
+            f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
         )
-    if "output_format" in options and not seed:
-        raise ValueError('output_format goes with resize or thumbnail; else output={"format": ...}')
-    if seed:
-        width, height = options["resize"] if seed == ["resize"] else options["thumbnail"]
-        params |= {"operation": seed[0], "width": str(width), "height": str(height)}
-        if "output_format" in options:
-            params["output_format"] = options["output_format"]
-        return params, _Upload(source, size)
-    document = (
-        options["document"]
-        if "document" in options
-        else {name: value for name, value in options.items() if name in _PARTS}
-    )
-    spec = msgspec.json.encode(document)
-    if len(quote(spec, safe="")) <= MAX_QUERY_SPEC_BYTES:
-        return params | {"spec": spec.decode()}, _Upload(source, size)
-    boundary = os.urandom(16).hex()
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="spec"\r\n\r\n'.encode()
-        + spec
-        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="image";'
-        f' filename="image"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
-    )
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    content_type = f"multipart/form-data; boundary={boundary}"
-    return params, _Upload(source, size, head, tail, content_type)
+    return headers | {"Idempotency-Key": idempotency_key}
 
 
 def _job_path(job_id: str) -> str:
@@ -264,40 +148,9 @@ def _poll(job_id: str, wait_s: float | None) -> tuple[str, dict[str, str], httpx
     )
 
 
-class _Problem(msgspec.Struct, frozen=True):
-    """The parts of a problem+json body the client reads; lenient on purpose."""
-
-    code: str | None = None
-    error: str | None = None
-    detail: str | None = None
-    title: str | None = None
-
-
-def _raise_for_status(response: httpx.Response) -> None:
-    if not response.is_error:
-        return
-    try:
-        problem = msgspec.json.decode(response.content, type=_Problem)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        problem = _Problem(error=response.text[:200].strip() or response.reason_phrase)
-    message = problem.error or problem.detail or problem.title or response.reason_phrase
-    retry_after = response.headers.get("Retry-After", "")
-    raise HTTPError(
-        response.status_code,
-        problem.code,
-        " ".join(message.split()),
-        retry_after_s=float(retry_after) if retry_after.isdigit() else None,
-    )
-
-
-def _decode(response: httpx.Response, kind: type[T]) -> T:
-    _raise_for_status(response)
-    try:
-        return msgspec.json.decode(response.content, type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise UnexpectedResponse(
-            f"{response.request.method} {response.request.url.path}: not a {kind.__name__}: {exc}"
-        ) from None
+def _page(status: str | None, limit: int | None, cursor: str | None) -> dict[str, str]:
+    given = {"status": status, "limit": None if limit is None else str(limit), "cursor": cursor}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _ended(job: JobView, check: bool) -> JobView:
@@ -353,10 +206,15 @@ class Client:
             raise Unreachable(self.url, exc) from exc
 
     def _upload(
-        self, path: str, params: dict[str, str], upload: _Upload, progress: Progress | None
+        self,
+        path: str,
+        params: dict[str, str],
+        upload: Upload,
+        progress: Progress | None,
+        headers: dict[str, str],
     ) -> httpx.Response:
         return self._send(
-            "POST", path, params=params, headers=upload.headers(), content=upload.chunks(progress)
+            "POST", path, params=params, headers=headers, content=upload.chunks(progress)
         )
 
     @overload
@@ -366,8 +224,9 @@ class Client:
         *,
         dry_run: Literal[False] = False,
         progress: Progress | None = None,
+        idempotency_key: str | None = None,
         **options: Unpack[JobOptions],
-    ) -> JobSubmitted: ...
+    ) -> Submitted: ...
     @overload
     def submit(
         self,
@@ -375,6 +234,7 @@ class Client:
         *,
         dry_run: Literal[True],
         progress: Progress | None = None,
+        idempotency_key: str | None = None,
         **options: Unpack[JobOptions],
     ) -> DryRun: ...
     def submit(
@@ -383,26 +243,40 @@ class Client:
         *,
         dry_run: bool = False,
         progress: Progress | None = None,
+        idempotency_key: str | None = None,
         **options: Unpack[JobOptions],
-    ) -> JobSubmitted | DryRun:
-        """Upload an image with what to make of it (`JobOptions`); the job's id, or with
-        `dry_run` the planned outputs (nothing is created). A path is streamed from disk."""
+    ) -> Submitted | DryRun:
+        """Upload an image with what to make of it and whom to tell (`JobOptions`): the
+        job's id and status (`Submitted`), or with `dry_run` the planned outputs (nothing
+        is created). A path is streamed from disk.
+
+        `idempotency_key` (the `Idempotency-Key` header) makes a retry safe: the same key
+        with the same request within 24 hours answers the first request's job again
+        (`replayed` true) instead of making another; with another request, `HTTPError`
+        422 `idempotency_key_reused`."""
         source = _source(image)
-        size = len(source) if isinstance(source, bytes) else source.stat().st_size
-        params, upload = _job_request(source, size, options, dry_run=dry_run)
-        response = self._upload("/jobs", params, upload, progress)
-        return _decode(response, DryRun) if dry_run else _decode(response, JobSubmitted)
+        params, upload = job_request(source, _size(source), options, dry_run=dry_run)
+        headers = _submit_headers(upload, idempotency_key)
+        return decode_submitted(self._upload("/jobs", params, upload, progress, headers), dry_run)
 
     def probe(self, image: ImageSource) -> Description:
         """What the server makes of an upload (format, displayed size...), creating nothing."""
         source = _source(image)
-        size = len(source) if isinstance(source, bytes) else source.stat().st_size
-        return _decode(self._upload("/probe", {}, _Upload(source, size), None), Description)
+        upload = Upload(source, _size(source))
+        return decode(self._upload("/probe", {}, upload, None, upload.headers()), Description)
 
     def job(self, job_id: str, *, wait_s: float | None = None) -> JobView:
         """The job; with `wait_s` (up to 60), the server first waits that long for its end."""
         path, params, timeout = _poll(job_id, wait_s)
-        return _decode(self._send("GET", path, params=params, timeout=timeout), JobView)
+        return decode(self._send("GET", path, params=params, timeout=timeout), JobView)
+
+    def list_jobs(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> JobList:
+        """A page of jobs, newest first: `status` filters, `limit` (1 to 100, else the
+        server's 20) sizes the page, `cursor` (the last page's `next_cursor`) continues."""
+        params = _page(status, limit, cursor)
+        return decode(self._send("GET", "/jobs", params=params), JobList)
 
     def wait(self, job_id: str, *, timeout_s: float | None = None, check: bool = False) -> JobView:
         """Long-poll until the job is completed or failed (`WaitTimedOut` after `timeout_s`;
@@ -418,7 +292,7 @@ class Client:
     def download(self, job_id: str, variant: str | None = None) -> bytes:
         """A completed job's output: `variant`, or its default (or only) one."""
         response = self._send("GET", _download_path(job_id, variant))
-        _raise_for_status(response)
+        raise_for_status(response)
         return response.content
 
     def download_to(
@@ -432,7 +306,7 @@ class Client:
             with self._http.stream("GET", _download_path(job_id, variant)) as response:
                 if response.is_error:
                     response.read()
-                    _raise_for_status(response)
+                    raise_for_status(response)
                 with partial.open("wb") as file:
                     for chunk in response.iter_bytes():
                         written += file.write(chunk)
@@ -445,10 +319,10 @@ class Client:
 
     def delete(self, job_id: str) -> None:
         """Remove a job and its files (a queued or running job is cancelled)."""
-        _raise_for_status(self._send("DELETE", _job_path(job_id)))
+        raise_for_status(self._send("DELETE", _job_path(job_id)))
 
     def health(self) -> Health:
-        return _decode(self._send("GET", "/health"), Health)
+        return decode(self._send("GET", "/health"), Health)
 
 
 class AsyncClient:
@@ -483,10 +357,15 @@ class AsyncClient:
             raise Unreachable(self.url, exc) from exc
 
     async def _upload(
-        self, path: str, params: dict[str, str], upload: _Upload, progress: Progress | None
+        self,
+        path: str,
+        params: dict[str, str],
+        upload: Upload,
+        progress: Progress | None,
+        headers: dict[str, str],
     ) -> httpx.Response:
         return await self._send(
-            "POST", path, params=params, headers=upload.headers(), content=upload.achunks(progress)
+            "POST", path, params=params, headers=headers, content=upload.achunks(progress)
         )
 
     @overload
@@ -496,8 +375,9 @@ class AsyncClient:
         *,
         dry_run: Literal[False] = False,
         progress: Progress | None = None,
+        idempotency_key: str | None = None,
         **options: Unpack[JobOptions],
-    ) -> JobSubmitted: ...
+    ) -> Submitted: ...
     @overload
     async def submit(
         self,
@@ -505,6 +385,7 @@ class AsyncClient:
         *,
         dry_run: Literal[True],
         progress: Progress | None = None,
+        idempotency_key: str | None = None,
         **options: Unpack[JobOptions],
     ) -> DryRun: ...
     async def submit(
@@ -513,29 +394,34 @@ class AsyncClient:
         *,
         dry_run: bool = False,
         progress: Progress | None = None,
+        idempotency_key: str | None = None,
         **options: Unpack[JobOptions],
-    ) -> JobSubmitted | DryRun:
+    ) -> Submitted | DryRun:
         """As `Client.submit`."""
         source = _source(image)
-        size = (
-            len(source) if isinstance(source, bytes) else (await anyio.Path(source).stat()).st_size
-        )
-        params, upload = _job_request(source, size, options, dry_run=dry_run)
-        response = await self._upload("/jobs", params, upload, progress)
-        return _decode(response, DryRun) if dry_run else _decode(response, JobSubmitted)
+        params, upload = job_request(source, await _asize(source), options, dry_run=dry_run)
+        headers = _submit_headers(upload, idempotency_key)
+        response = await self._upload("/jobs", params, upload, progress, headers)
+        return decode_submitted(response, dry_run)
 
     async def probe(self, image: ImageSource) -> Description:
         """As `Client.probe`."""
         source = _source(image)
-        size = (
-            len(source) if isinstance(source, bytes) else (await anyio.Path(source).stat()).st_size
-        )
-        return _decode(await self._upload("/probe", {}, _Upload(source, size), None), Description)
+        upload = Upload(source, await _asize(source))
+        response = await self._upload("/probe", {}, upload, None, upload.headers())
+        return decode(response, Description)
 
     async def job(self, job_id: str, *, wait_s: float | None = None) -> JobView:
         """As `Client.job`."""
         path, params, timeout = _poll(job_id, wait_s)
-        return _decode(await self._send("GET", path, params=params, timeout=timeout), JobView)
+        return decode(await self._send("GET", path, params=params, timeout=timeout), JobView)
+
+    async def list_jobs(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> JobList:
+        """As `Client.list_jobs`."""
+        params = _page(status, limit, cursor)
+        return decode(await self._send("GET", "/jobs", params=params), JobList)
 
     async def wait(
         self, job_id: str, *, timeout_s: float | None = None, check: bool = False
@@ -552,7 +438,7 @@ class AsyncClient:
     async def download(self, job_id: str, variant: str | None = None) -> bytes:
         """As `Client.download`."""
         response = await self._send("GET", _download_path(job_id, variant))
-        _raise_for_status(response)
+        raise_for_status(response)
         return response.content
 
     async def download_to(
@@ -566,7 +452,7 @@ class AsyncClient:
             async with self._http.stream("GET", _download_path(job_id, variant)) as response:
                 if response.is_error:
                     await response.aread()
-                    _raise_for_status(response)
+                    raise_for_status(response)
                 async with await anyio.open_file(partial, "wb") as file:
                     async for chunk in response.aiter_bytes():
                         written += await file.write(chunk)
@@ -580,7 +466,7 @@ class AsyncClient:
 
     async def delete(self, job_id: str) -> None:
         """As `Client.delete`."""
-        _raise_for_status(await self._send("DELETE", _job_path(job_id)))
+        raise_for_status(await self._send("DELETE", _job_path(job_id)))
 
     async def health(self) -> Health:
-        return _decode(await self._send("GET", "/health"), Health)
+        return decode(await self._send("GET", "/health"), Health)

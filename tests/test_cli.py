@@ -1,5 +1,6 @@
 """The `imgjobs` command, run as a subprocess (`python -m app.cli`, what the console script
-calls) against real servers: `imgjobs serve` itself, or hypercorn in this process."""
+calls) against real servers: `imgjobs serve` itself, or hypercorn in this process (with
+webhooks to a loopback receiver, or a rate limit)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,19 @@ from PIL import Image
 
 from tests.conftest import BAD, GOOD, ROOT
 from tests.servers import RunningServer, ServerProcess, make_settings, open_server
+from tests.test_webhooks import SECRET, answer, open_receiver
 
 ELEPHANTS = GOOD / "mate__Elephants.jpg"  # 1920x1080
 STORM = GOOD / "mate__Storm.jpg"  # 1920x1280
 CAMERA = GOOD / "skimage__camera.png"  # 512x512
 TRUNCATED = BAD / "handmade__Storm_first_half.jpg"  # accepted at submit, fails in the worker
 NOT_AN_IMAGE = BAD / "handmade__text.jpg"  # refused at submit: 415
+SMALL = [
+    CAMERA,
+    GOOD / "pillow__flower.webp",
+    GOOD / "pillow__pil123p.png",
+    GOOD / "pillow__hopper_orientation_6.jpg",
+]
 
 
 class Run(NamedTuple):
@@ -257,6 +265,11 @@ async def test_an_unreachable_server_exits_3(command: list[str | Path]) -> None:
         ["submit", CAMERA, "--concurrency", "0"],
         ["submit", CAMERA, STORM, "--wait", "-o", CAMERA.parent],
         ["submit", CAMERA, "--url", "localhost:8080"],
+        ["submit", CAMERA, "--metadata", "{not json"],
+        ["submit", CAMERA, "--metadata", "[1, 2]"],
+        ["submit", CAMERA, "--callback-url", "ftp://hooks.example.com/x"],
+        ["submit", CAMERA, STORM, "--idempotency-key", "k-1"],
+        ["submit", CAMERA, "--idempotency-key", "x" * 256],
         ["frobnicate"],
     ],
 )
@@ -278,3 +291,103 @@ async def test_on_a_terminal_it_draws_progress(server: RunningServer, tmp_path: 
     assert "2 files: 2 completed" in run.stdout
     assert not any(line.startswith("{") for line in run.stdout.splitlines())
     assert image_size(tmp_path / "skimage__camera.png") == ("PNG", (64, 64))
+
+
+async def test_metadata_must_be_a_json_object() -> None:
+    for bad, reason in (("{not json", "not valid JSON"), ('"text"', "expected a JSON object")):
+        run = await imgjobs("submit", CAMERA, "--metadata", bad)
+        assert run.code == 2
+        message = run.stderr.splitlines()[-1]
+        assert "argument --metadata: " in message
+        assert reason in message
+
+
+async def test_a_callback_and_metadata_then_the_webhook_in_status(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "server", webhook_secret=SECRET, webhook_allow_private=True)
+    async with (
+        open_server(settings) as server,
+        open_receiver(answer(204)) as receiver,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        callback = receiver.url.replace("hooks.test", "127.0.0.1")
+        run = await imgjobs(
+            "submit", CAMERA, "--resize", "64x64", "--metadata", '{"batch": 7, "tags": ["x"]}',
+            "--callback-url", callback, "--wait", url=server.url,
+        )  # fmt: skip
+        assert run.code == 0, run.stderr
+        [line] = run.lines()
+        job_id = line["job_id"]
+        with trio.fail_after(30):
+            while (await client.get(f"/jobs/{job_id}")).json()["webhook"]["status"] != "delivered":
+                await trio.sleep(0.05)
+        piped = await imgjobs("status", job_id, url=server.url)
+        terminal = await imgjobs(
+            "status", job_id, url=server.url, TTY_COMPATIBLE="1", COLUMNS="200", NO_COLOR="1"
+        )
+    assert piped.code == 0, piped.stderr
+    job = json.loads(piped.stdout)
+    assert (job["metadata"], job["callback_url"]) == ({"batch": 7, "tags": ["x"]}, callback)
+    assert job["webhook"] == {"status": "delivered", "attempts": 1, "last_status": "204"}
+    assert "metadata" not in job["spec"]
+    assert terminal.code == 0, terminal.stderr
+    assert f"webhook to {callback}: delivered (1 attempt, last answer 204)" in terminal.stdout
+    [(_, body)] = receiver.requests
+    assert json.loads(body)["data"]["metadata"] == {"batch": 7, "tags": ["x"]}
+
+
+async def test_a_spec_file_and_the_same_option_clash(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"steps": [{"op": "grayscale"}], "metadata": {"a": 1}}))
+    run = await imgjobs("submit", CAMERA, "--spec", spec, "--metadata", '{"b": 2}')
+    assert run.code == 2
+    assert "leave out --metadata" in run.stderr
+
+
+async def test_an_idempotency_key_answers_the_same_job(server: RunningServer) -> None:
+    first = await imgjobs(
+        "submit", CAMERA, "--format", "png", "--idempotency-key", "batch-9", url=server.url
+    )
+    again = await imgjobs(
+        "submit", CAMERA, "--format", "png", "--idempotency-key", "batch-9", url=server.url
+    )
+    assert (first.code, again.code) == (0, 0), first.stderr + again.stderr
+    [one], [two] = first.lines(), again.lines()
+    assert two["job_id"] == one["job_id"]
+    assert "replayed" not in one
+    assert two["replayed"] is True
+    other = await imgjobs(
+        "submit", CAMERA, "--format", "webp", "--idempotency-key", "batch-9", url=server.url
+    )
+    assert other.code == 3
+    [line] = other.lines()
+    assert (line["error"]["http_status"], line["error"]["code"]) == (422, "idempotency_key_reused")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert len((await client.get("/jobs")).json()["jobs"]) == 1
+
+
+async def test_a_rate_limited_batch_is_retried_one_job_per_file(tmp_path: Path) -> None:
+    """A rate of 1 a second (a burst of 2) and 4 files at once: two submits are answered
+    429 at first, and retried after Retry-After until each file has its one job."""
+    async with (
+        open_server(make_settings(tmp_path / "server", rate_limit=1.0)) as server,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        run = await imgjobs(
+            "submit", *SMALL, "--format", "png", "--concurrency", "4", url=server.url
+        )
+        listing = (await client.get("/jobs", params={"limit": 100})).json()
+        metrics = (await client.get("/metrics")).text
+    assert (run.code, run.stderr) == (0, "")
+    lines = run.lines()
+    assert sorted(line["file"] for line in lines) == sorted(map(str, SMALL))
+    assert {line["status"] for line in lines} == {"pending"}
+    job_ids = {line["job_id"] for line in lines}
+    assert len(job_ids) == 4
+    assert {job["id"] for job in listing["jobs"]} == job_ids
+    assert len(listing["jobs"]) == 4
+    refused = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("imgjobs_requests_total{") and 'status="429"' in line
+    ]
+    assert sum(refused) >= 2

@@ -1,5 +1,6 @@
 """`app.client` against a real hypercorn server on a free port: both clients, every call,
-the error tree, and that the client carries nothing of the server with it.
+the error tree, idempotent and rate-limited submits, callbacks and metadata, views of a
+newer server, and that the client carries nothing of the server with it.
 
 The sync `Client` blocks, so it runs in a thread (`trio.to_thread.run_sync`) beside the
 in-process server; `AsyncClient` runs under trio here, and under asyncio in a thread.
@@ -13,6 +14,8 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +26,7 @@ import pytest
 import trio
 from PIL import Image
 
+from app import models
 from app.client import (
     MAX_QUERY_SPEC_BYTES,
     AsyncClient,
@@ -30,19 +34,23 @@ from app.client import (
     ClientError,
     HTTPError,
     JobFailed,
+    JobView,
+    Submitted,
     UnexpectedResponse,
     Unreachable,
     WaitTimedOut,
 )
-from app.models import Document, JobView, Output
+from app.models import Document, Output
 from imaging.document import Resize
 from tests.conftest import BAD, GOOD
 from tests.servers import RunningServer, make_settings, open_server
+from tests.test_webhooks import SECRET, answer, open_receiver
 
 ELEPHANTS = GOOD / "mate__Elephants.jpg"  # 1920x1080 JPEG
 CAMERA = GOOD / "skimage__camera.png"  # 512x512 PNG
 TRUNCATED = BAD / "handmade__Storm_first_half.jpg"  # accepted at submit, fails in the worker
 NOT_AN_IMAGE = BAD / "handmade__text.jpg"
+FLOWER = GOOD / "pillow__flower.webp"  # small: 30 KB
 
 
 @pytest.fixture
@@ -300,9 +308,207 @@ def test_importing_the_client_loads_nothing_of_the_server() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout.split()
     assert "app.client" in modules
-    server_side = ("quart", "quart_trio", "hypercorn", "werkzeug", "trio", "sqlite3")
-    internals = ("app.service", "app.routes", "app.server", "app.store", "app.workers")
+    server_side = ("quart", "quart_trio", "hypercorn", "werkzeug", "trio", "sqlite3", "PIL")
+    internals = (
+        "app.service", "app.routes", "app.server", "app.store", "app.workers", "app.models",
+        "imaging",
+    )  # fmt: skip
     loaded = [
         name for name in modules if name.split(".")[0] in server_side or name.startswith(internals)
     ]
     assert loaded == []
+
+
+def newer_view() -> bytes:
+    """A job view as a later server might send it: a member, a step, a step field, a
+    variant member and a webhook member this client has never heard of."""
+    view = fake_job("completed") | {
+        "priority": "high",
+        "spec": {
+            "variants": {
+                "default": {
+                    "steps": [
+                        {"op": "resize", "width": 100, "sparkle": 0.5},
+                        {"op": "hologram", "depth": 3},
+                    ],
+                    "output": {"format": "jxl", "effort": 7},
+                }
+            },
+            "schedule": "later",
+        },
+        "variants": {
+            "default": {
+                "format": "jxl",
+                "width": 100,
+                "height": 56,
+                "bytes": 2048,
+                "download": "/jobs/x/variants/default",
+                "dominant_colour": "#102030",
+            }
+        },
+        "callback_url": "https://hooks.example.com/imgjobs",
+        "metadata": {"order": 42},
+        "webhook": {"status": "delivered", "attempts": 1, "last_status": "204", "signed": True},
+        "reused": True,
+    }
+    return msgspec.json.encode(view)
+
+
+def test_a_view_from_a_newer_server_decodes() -> None:
+    data = newer_view()
+    with pytest.raises(msgspec.ValidationError):  # what the server's own types would do
+        msgspec.json.decode(data, type=models.JobView)
+    job = msgspec.json.decode(data, type=JobView)
+    assert (job.status, job.reused, job.metadata) == ("completed", True, {"order": 42})
+    assert job.spec is not None
+    assert job.spec["variants"]["default"]["steps"][0] == {
+        "op": "resize",
+        "width": 100,
+        "sparkle": 0.5,
+    }
+    assert job.variants is not None
+    assert (job.variants["default"].format, job.variants["default"].height) == ("jxl", 56)
+    assert job.webhook is not None
+    assert (job.webhook.status, job.webhook.attempts, job.webhook.last_status) == (
+        "delivered", 1, "204",
+    )  # fmt: skip
+    assert b"priority" not in msgspec.json.encode(job)  # what it does not know is left out
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=data, headers={"Content-Type": "application/json"})
+
+    with Client("http://imgjobs.test", transport=httpx.MockTransport(handler)) as client:
+        assert client.job("5d1f0c56-0b4a-4a9e-9a51-6a3c4f1d2e10") == job
+
+
+async def test_an_idempotency_key_replays_the_first_job(server: RunningServer) -> None:
+    steps = [{"op": "resize", "width": 64}]
+    async with AsyncClient(server.url) as client:
+        first = await client.submit(FLOWER, steps=steps, idempotency_key="order-17")
+        again = await client.submit(FLOWER, steps=steps, idempotency_key="order-17")
+        assert isinstance(first, Submitted)
+        assert (first.replayed, again.replayed) == (False, True)
+        assert again.job_id == first.job_id
+        seed = await client.submit(FLOWER, resize=(32, 32), idempotency_key="order-18")
+        seed_again = await client.submit(FLOWER, resize=(32, 32), idempotency_key="order-18")
+        assert (seed_again.job_id, seed_again.replayed) == (seed.job_id, True)
+        with pytest.raises(HTTPError) as reused:
+            await client.submit(
+                FLOWER, steps=[{"op": "resize", "width": 65}], idempotency_key="order-17"
+            )
+        assert (reused.value.status, reused.value.code) == (422, "idempotency_key_reused")
+        assert first.job_id in reused.value.message
+        assert str(reused.value).startswith("HTTP 422 idempotency_key_reused: ")
+        listed = await client.list_jobs()
+        assert sorted(job.id for job in listed.jobs) == sorted([first.job_id, seed.job_id])
+        for bad in ("", "k" * 256, "clé", "line\nbreak"):
+            with pytest.raises(ValueError, match="idempotency key"):
+                await client.submit(FLOWER, steps=steps, idempotency_key=bad)
+
+
+def test_an_idempotency_key_with_the_sync_client() -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        key = request.headers.get("Idempotency-Key")
+        seen = key is not None and key in (r.headers.get("Idempotency-Key") for r in sent)
+        sent.append(request)
+        body = {"job_id": "j1", "status": "pending", "message": "Image processing job submitted"}
+        return httpx.Response(
+            202, json=body, headers={"Idempotent-Replayed": "true"} if seen else {}
+        )
+
+    with Client("http://imgjobs.test", transport=httpx.MockTransport(handler)) as client:
+        first = client.submit(b"...", steps=[], idempotency_key="k-1")
+        again = client.submit(b"...", steps=[], idempotency_key="k-1")
+        plain = client.submit(b"...", steps=[])
+    assert [r.headers.get("Idempotency-Key") for r in sent] == ["k-1", "k-1", None]
+    assert (first.replayed, again.replayed, plain.replayed) == (False, True, False)
+    assert first == Submitted(job_id="j1", message="Image processing job submitted")
+
+
+@pytest.fixture
+async def hooked(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A server that signs webhooks and may call loopback receivers."""
+    settings = make_settings(tmp_path / "server", webhook_secret=SECRET, webhook_allow_private=True)
+    async with open_server(settings) as server:
+        yield server
+
+
+async def test_metadata_and_the_callback_go_with_the_job(hooked: RunningServer) -> None:
+    metadata = {"order": 42, "tags": ["a", "b"], "customer": {"id": "c-7"}}
+    long_chain = [{"op": "modulate", "brightness": 1.0, "saturation": 1.0}] * 10
+    variants = {f"v{index}": {"steps": long_chain} for index in range(8)}
+    async with open_receiver(answer(204)) as receiver, AsyncClient(hooked.url) as client:
+        callback = receiver.url.replace("hooks.test", "127.0.0.1")
+        parts = await client.submit(
+            FLOWER, steps=[{"op": "resize", "width": 40}], metadata=metadata, callback_url=callback
+        )
+        whole = await client.submit(
+            FLOWER, document=Document(steps=[Resize(width=30)]), metadata={"n": 1}
+        )
+        form = await client.submit(FLOWER, variants=variants, metadata={"n": 2})  # multipart
+        seed = await client.submit(FLOWER, thumbnail=(20, 20), callback_url=callback)
+        job = await client.wait(parts.job_id, timeout_s=60, check=True)
+        assert (job.metadata, job.callback_url) == (metadata, callback)
+        assert job.spec is not None
+        assert "metadata" not in job.spec  # the document shows what to make, nothing else
+        assert (await client.wait(whole.job_id, timeout_s=60)).metadata == {"n": 1}
+        assert (await client.wait(form.job_id, timeout_s=60)).metadata == {"n": 2}
+        seed_job = await client.wait(seed.job_id, timeout_s=60)
+        assert (seed_job.operation, seed_job.callback_url, seed_job.metadata) == (
+            "thumbnail", callback, None,
+        )  # fmt: skip
+        with trio.fail_after(30):
+            while (job := await client.job(parts.job_id)).webhook is None or (
+                job.webhook.status != "delivered"
+            ):
+                await trio.sleep(0.05)
+        assert (job.webhook.attempts, job.webhook.last_status) == (1, "204")
+        assert len(receiver.requests) >= 1
+
+
+def test_metadata_needs_a_document() -> None:
+    with Client("http://imgjobs.test") as client:
+        with pytest.raises(ValueError, match="metadata goes in a job document"):
+            client.submit(b"...", resize=(1, 1), metadata={"a": 1})
+        with pytest.raises(ValueError, match="metadata given both"):
+            client.submit(b"...", document={"metadata": {"a": 1}}, metadata={"a": 2})
+
+
+async def test_a_rate_limited_submit_says_when_to_retry(tmp_path: Path) -> None:
+    async with (
+        open_server(make_settings(tmp_path / "server", rate_limit=1.0)) as server,
+        AsyncClient(server.url) as client,
+    ):
+        steps = [{"op": "resize", "width": 16}]
+        for _ in range(2):  # a burst of two
+            await client.submit(FLOWER, steps=steps)
+        with pytest.raises(HTTPError) as limited:
+            await client.submit(FLOWER, steps=steps)
+        assert (limited.value.status, limited.value.code) == (429, "rate_limited")
+        assert limited.value.retry_after_s is not None
+        assert 1 <= limited.value.retry_after_s <= 2
+        assert len((await client.list_jobs()).jobs) == 2
+
+
+def test_retry_after_is_seconds_or_a_date() -> None:
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    answers = iter(["7", "Wed, 21 Oct 2015 07:28:00 GMT", soon, "later"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Retry-After": next(answers)}
+        return httpx.Response(503, json={"code": "queue_full", "error": "busy"}, headers=headers)
+
+    seen: list[float | None] = []
+    with Client("http://imgjobs.test", transport=httpx.MockTransport(handler)) as client:
+        for _ in range(4):
+            with pytest.raises(HTTPError) as busy:
+                client.health()
+            assert (busy.value.status, busy.value.code) == (503, "queue_full")
+            seen.append(busy.value.retry_after_s)
+    assert seen[0] == 7.0
+    assert seen[1] == 0.0  # a date gone by: now
+    assert seen[2] is not None
+    assert 80 < seen[2] <= 90
+    assert seen[3] is None

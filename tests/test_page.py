@@ -51,6 +51,8 @@ JOB_MS = 60_000  # a job, from submit to the result on screen
 START_S = 60.0
 STOP_S = 40.0
 PHOTO = GOOD / "mate__Storm.jpg"  # 1920x1280 JPEG
+ALICE_KEY = "alice-secret-0123456789"
+WRONG_KEY = "mallory-guess-0123456789"
 NOT_AN_IMAGE = BAD / "gnome__oceans.svg"
 # What Chromium logs for every fetch answered 4xx/5xx: expected where a test asks for one.
 HTTP_ERROR_LOG = re.compile(r"^Failed to load resource: the server responded with a status of \d+")
@@ -60,8 +62,10 @@ class AppProcess:
     """`python -m app` on a free port, its JSON log lines read by a thread (so its stderr
     never fills up); the URL comes from its `server.listening` line."""
 
-    def __init__(self, tmp: Path) -> None:
-        settings = make_settings(tmp, worker_pool_size=2, shutdown_grace_s=5.0)
+    def __init__(self, tmp: Path, **settings_overrides: Any) -> None:
+        settings = make_settings(
+            tmp, **({"worker_pool_size": 2, "shutdown_grace_s": 5.0} | settings_overrides)
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app"],
             cwd=ROOT,
@@ -118,16 +122,26 @@ class AppProcess:
         return [event for event in self.events if event.get("event") == name]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
+def serve(tmp: Path, **settings_overrides: Any) -> Iterator[AppProcess]:
     corpus_files(GOOD)  # the corpus is there, or a usage error saying how to get it
-    app = AppProcess(tmp_path_factory.mktemp("page-server"))
+    app = AppProcess(tmp, **settings_overrides)
     try:
         app.wait_listening()
         yield app
     finally:
         app.stop()
     assert not app.logged("request.error"), app.logged("request.error")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
+    yield from serve(tmp_path_factory.mktemp("page-server"))
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
+    """A server with API keys: alice's is the only one."""
+    yield from serve(tmp_path_factory.mktemp("keyed-server"), api_keys=f"alice:{ALICE_KEY}")
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +271,9 @@ def test_page_makes_an_image_and_downloads_it(
     screenshot = tmp_path / "result.png"
     page.screenshot(path=screenshot, full_page=True)
     assert screenshot.stat().st_size > 10_000
+    # A server without keys never asks for one.
+    expect(page.locator("#key-panel")).to_be_hidden()
+    assert "Authorization" not in (page.locator("#curl").text_content() or "")
     assert console.problems() == []
 
 
@@ -336,6 +353,127 @@ def test_page_offers_a_retry_when_the_queue_is_full(
     expect(page.locator("#outcome")).to_be_visible(timeout=JOB_MS)
     expect(page.locator("#result-meta")).to_contain_text(size(300, 200) + " · JPEG")
     expect(alert).to_be_hidden()
+    assert console.problems(http_errors=True) == []
+
+
+def test_page_asks_for_an_api_key_and_sends_it(
+    keyed_server: AppProcess, context: BrowserContext, tmp_path: Path
+) -> None:
+    server = keyed_server
+    # What the API says without a key and with a wrong one, to find in the page.
+    with httpx.Client(base_url=server.url) as client:
+        missing = client.post(
+            "/probe", content=PHOTO.read_bytes(), headers={"Content-Type": "image/jpeg"}
+        )
+        assert missing.status_code == 401
+        wrong = client.get("/jobs", headers={"Authorization": f"Bearer {WRONG_KEY}"})
+        assert wrong.status_code == 401
+    needs_a_key, not_valid = missing.json()["error"], wrong.json()["error"]
+
+    page, console = open_page(context, server)
+    key_field = page.locator("#key-form").get_by_label("API key", exact=True)
+    key_message = page.locator("#key-message")
+    make_image = page.get_by_role("button", name="Make image")
+    expect(key_field).to_be_hidden()  # /health and the page need no key
+
+    # The probe's 401 brings up the field, with the server's reason.
+    page.locator("#file").set_input_files(PHOTO)
+    expect(key_field).to_be_visible(timeout=STEP_MS)
+    expect(key_field).to_have_attribute("type", "password")
+    expect(key_field).to_have_attribute("autocomplete", "off")
+    expect(key_field).to_be_focused()
+    expect(key_message).to_contain_text("This server needs an API key")
+    expect(key_message).to_contain_text(needs_a_key, ignore_case=True)
+    expect(page.locator("#source-alert")).to_be_hidden()
+    expect(make_image).to_be_disabled()
+    expect(page.locator("#curl")).to_contain_text('-H "Authorization: Bearer $IMGJOBS_API_KEY"')
+
+    # A wrong key: the 401's message beside the field, the key not kept, nothing else moves.
+    key_field.fill(WRONG_KEY)
+    page.get_by_role("button", name="Use key").click()
+    expect(key_message).to_contain_text(not_valid, ignore_case=True, timeout=STEP_MS)
+    expect(key_message).to_have_attribute("data-state", "error")
+    expect(key_field).to_have_attribute("aria-invalid", "true")
+    assert page.evaluate("() => sessionStorage.length") == 0
+    expect(page.locator("#source-alert")).to_be_hidden()
+    expect(page.locator("#job-alert")).to_be_hidden()
+    expect(make_image).to_be_disabled()
+
+    # Alice's key: the probe runs again, then the dry run, the job, the result.
+    sent: list[tuple[str, str, str | None]] = []
+    page.on(
+        "request",
+        lambda request: sent.append(
+            (request.method, request.url, request.headers.get("authorization"))
+        ),
+    )
+    key_field.fill(ALICE_KEY)
+    page.get_by_role("button", name="Use key").click()
+    expect(key_message).to_have_attribute("data-state", "ok", timeout=STEP_MS)
+    expect(key_field).not_to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#facts")).to_contain_text(size(1920, 1280) + " px", timeout=STEP_MS)
+    expect(planned(page)).to_have_text(size(300, 200), timeout=STEP_MS)
+    make_image.click()
+    expect(page.locator("#outcome")).to_be_visible(timeout=JOB_MS)
+    expect(page.locator("#job-status")).to_contain_text("Done")
+    expect(page.locator("#result-meta")).to_contain_text(size(300, 200) + " · JPEG")
+    page.wait_for_function(
+        "() => document.getElementById('result-img').naturalWidth === 300", timeout=STEP_MS
+    )
+
+    # Every API request carried the key; the job was followed by long-polls (an
+    # EventSource cannot send the header) and its result fetched with the key.
+    api = [
+        (method, urllib.parse.urlsplit(url), authorization)
+        for method, url, authorization in sent
+        if urllib.parse.urlsplit(url).path.startswith(("/probe", "/jobs"))
+    ]
+    assert api, sent
+    assert all(auth == f"Bearer {ALICE_KEY}" for _, _, auth in api), api
+    paths = [(method, url.path) for method, url, _ in api]
+    assert ("POST", "/probe") in paths, paths
+    assert ("POST", "/jobs") in paths, paths
+    waits = [url for method, url, _ in api if method == "GET" and "wait=" in url.query]
+    assert waits, paths
+    job_id = waits[0].path.split("/")[2]
+    assert ("GET", f"/jobs/{job_id}/download") in paths, paths
+    assert not any(path.endswith("/events") for _, path in paths), paths
+
+    # The job is alice's: her key lists it; no key is refused.
+    with httpx.Client(base_url=server.url) as client:
+        listed = client.get("/jobs", headers={"Authorization": f"Bearer {ALICE_KEY}"})
+        assert listed.status_code == 200, listed.text
+        jobs = {job["id"]: job for job in listed.json()["jobs"]}
+        assert jobs[job_id]["status"] == "completed"
+        assert client.get(f"/jobs/{job_id}").status_code == 401
+
+    # The download is the result fetched with the key (a link to the API would lack it).
+    expect(page.locator("#download")).to_have_attribute("href", re.compile("^blob:"))
+    with page.expect_download(timeout=STEP_MS) as started:
+        page.get_by_role("link", name=re.compile("^Download JPEG")).click()
+    download = started.value
+    assert download.failure() is None
+    assert download.suggested_filename == f"{job_id}.jpg", download.suggested_filename
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    with Image.open(saved) as image:
+        assert (image.format, image.size) == ("JPEG", (300, 200))
+
+    # A reload in the same tab keeps the key (sessionStorage): the probe just works.
+    page.reload()
+    expect(page.locator("#health-text")).to_have_text(re.compile("^Ready"), timeout=STEP_MS)
+    expect(key_field).to_be_visible()
+    expect(key_field).to_have_value(ALICE_KEY)
+    choose_photo(page)
+    expect(planned(page)).to_have_text(size(300, 200), timeout=STEP_MS)
+    expect(key_message).to_have_attribute("data-state", "ok")
+
+    # Forgetting it: the next request is refused again, and the field asks for a key.
+    page.get_by_role("button", name="Forget the key").click()
+    assert page.evaluate("() => sessionStorage.length") == 0
+    page.get_by_label("Width", exact=True).fill("320")
+    expect(key_message).to_contain_text(needs_a_key, ignore_case=True, timeout=STEP_MS)
+    expect(make_image).to_be_disabled()
     assert console.problems(http_errors=True) == []
 
 

@@ -1,5 +1,6 @@
 // imgjobs web page: pick an image, probe it, plan a job (dry run), submit it, wait for it,
-// show the result beside the original. Only this origin's API; no dependencies.
+// show the result beside the original. Only this origin's API; no dependencies. On a server
+// with API keys, a 401 brings up the key field; the key is then sent with every API request.
 
 const $ = (id) => document.getElementById(id);
 
@@ -33,6 +34,8 @@ const ORIENTATIONS = {
 const WAIT_S = 30; // long-poll of GET /jobs/{id}?wait=
 const PLAN_DELAY_MS = 300;
 const HISTORY_SIZE = 8;
+const KEY_STORAGE = "imgjobs.api-key"; // in sessionStorage: this tab only, gone when it closes
+const KEY_TEXT = /^[\x20-\x7e]+$/; // what an HTTP header can carry as it is
 
 const form = $("options");
 const fields = {
@@ -57,6 +60,9 @@ const state = {
   history: [], // {id, job, resultUrl, sourceUrl, sourceName, probe, serverMs, totalMs}
   shown: null, // the history entry on screen
   statusTimer: 0,
+  apiKey: "", // sent as `Authorization: Bearer <key>` when set
+  keyNeeded: false, // the server has asked for a key (a 401), or this tab kept one
+  probeNeedsKey: false, // the chosen file's probe was refused for want of a key
 };
 
 // ---------------------------------------------------------------- helpers
@@ -164,6 +170,128 @@ function hideAlert(box) {
   box.replaceChildren();
 }
 
+// ------------------------------------------------------------- API key
+
+function storedKey() {
+  try {
+    return sessionStorage.getItem(KEY_STORAGE) || "";
+  } catch {
+    return ""; // storage turned off: the key lasts until the page is left
+  }
+}
+
+function storeKey(key) {
+  try {
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  } catch {
+    // storage turned off: state.apiKey still holds the key for this page
+  }
+}
+
+/** The headers of an API request: `extra`, and the key's when there is one. */
+function apiHeaders(extra = {}) {
+  return state.apiKey ? { ...extra, Authorization: `Bearer ${state.apiKey}` } : extra;
+}
+
+/** The server's message as a sentence. */
+function sentence(text) {
+  return text ? text[0].toUpperCase() + text.slice(1) : text;
+}
+
+function showKeyMessage(kind, text) {
+  const message = $("key-message");
+  message.dataset.state = kind;
+  message.textContent = text;
+}
+
+function showKeyPanel() {
+  state.keyNeeded = true;
+  $("key-panel").hidden = false;
+  $("key-forget").hidden = !state.apiKey;
+  $("curl").textContent = curlCommand();
+}
+
+/** An API call answered 401: ask for a key (another one, if one was sent). */
+function needKey(problem) {
+  const shown = !$("key-panel").hidden;
+  showKeyPanel();
+  showKeyMessage(state.apiKey ? "error" : "needed", sentence(problem.message));
+  if (state.apiKey) $("api-key").setAttribute("aria-invalid", "true");
+  if (!shown) $("api-key").focus();
+}
+
+/** A key kept by this tab (a reload): used at once, the field shown with it. */
+function restoreKey() {
+  const key = storedKey();
+  if (!key) return;
+  state.apiKey = key;
+  $("api-key").value = key;
+  showKeyPanel();
+  showKeyMessage("ok", "Using the API key this tab kept.");
+}
+
+/** Check the key typed in (GET /jobs?limit=1 with it) and use it from now on if the server
+ * takes it; a refused key is never kept. */
+async function useKey() {
+  const input = $("api-key");
+  const key = input.value.trim();
+  if (!key || !KEY_TEXT.test(key)) {
+    showKeyMessage("error", key ? "An API key is plain ASCII: letters, digits and punctuation." : "Enter the API key first.");
+    input.setAttribute("aria-invalid", "true");
+    input.focus();
+    return;
+  }
+  $("key-use").disabled = true;
+  showKeyMessage("pending", "Checking the key…");
+  let response;
+  try {
+    response = await fetch("/jobs?limit=1", { cache: "no-store", headers: { Authorization: `Bearer ${key}` } });
+  } catch (error) {
+    showKeyMessage("error", networkProblem(error).message);
+    return;
+  } finally {
+    $("key-use").disabled = false;
+  }
+  if (response.status === 401) {
+    showKeyMessage("error", sentence((await problemOf(response)).message));
+    input.setAttribute("aria-invalid", "true");
+    input.select();
+    return;
+  }
+  // Any other answer got past the key check, so the server knows the key.
+  state.apiKey = key;
+  storeKey(key);
+  input.removeAttribute("aria-invalid");
+  showKeyPanel();
+  showKeyMessage("ok", "Key accepted.");
+  resumeAfterKey();
+}
+
+function forgetKey() {
+  state.apiKey = "";
+  storeKey("");
+  $("api-key").value = "";
+  $("key-forget").hidden = true;
+  showKeyMessage("needed", "Key forgotten: enter one to send more requests.");
+  $("api-key").focus();
+}
+
+/** Run again what a missing key held up: the probe of the chosen file, or its dry run. */
+function resumeAfterKey() {
+  if (!state.file || state.running) return;
+  if (state.probeOk) {
+    schedulePlan(0);
+    return;
+  }
+  if (!state.probeNeedsKey) return;
+  state.probeNeedsKey = false;
+  hideAlert($("source-alert"));
+  $("source-loading").hidden = false;
+  setPlan("muted", "Reading the image…");
+  probe(state.file);
+}
+
 // ------------------------------------------------------------- health
 
 async function refreshHealth() {
@@ -201,6 +329,7 @@ function chooseFile(file) {
   state.fileUrl = URL.createObjectURL(file);
   state.probe = null;
   state.probeOk = false;
+  state.probeNeedsKey = false;
   hideAlert($("source-alert"));
   $("dropzone").hidden = true;
   $("source").hidden = false;
@@ -224,7 +353,7 @@ async function probe(file) {
     response = await fetch("/probe", {
       method: "POST",
       body: file,
-      headers: { "Content-Type": uploadType(file) },
+      headers: apiHeaders({ "Content-Type": uploadType(file) }),
     });
   } catch (error) {
     if (state.file === file) probeFailed(networkProblem(error), file);
@@ -248,6 +377,14 @@ async function probe(file) {
 function probeFailed(problem, file) {
   $("source-loading").hidden = true;
   state.probeOk = false;
+  if (problem.status === 401) {
+    // Not the file's fault: the probe runs again once a key is accepted.
+    state.probeNeedsKey = true;
+    needKey(problem);
+    setPlan("muted", "Enter the server's API key to go on.");
+    updateSubmit();
+    return;
+  }
   const message = problem.status === 415 || problem.status === 422
     ? { ...problem, title: "This file cannot be used" }
     : problem;
@@ -357,8 +494,11 @@ function curlCommand() {
   const name = (state.file && state.file.name) || "image.jpg";
   const type = state.file ? uploadType(state.file) : "image/jpeg";
   const quoted = (text) => `'${text.replaceAll("'", "'\\''")}'`;
+  // The key itself never goes into the page's text: the shell fills it in.
+  const auth = state.keyNeeded ? ['  -H "Authorization: Bearer $IMGJOBS_API_KEY" \\'] : [];
   return [
     `curl -s -X POST ${quoted(`${location.origin}/jobs`)} \\`,
+    ...auth,
     `  -H ${quoted(`Content-Type: ${type}`)} --data-binary @${quoted(name)} \\`,
     `  --url-query ${quoted(`spec=${JSON.stringify(buildSpec())}`)}`,
   ].join("\n");
@@ -413,7 +553,7 @@ async function runPlan() {
     response = await fetch(jobsUrl(buildSpec(), true), {
       method: "POST",
       body: file,
-      headers: { "Content-Type": uploadType(file) },
+      headers: apiHeaders({ "Content-Type": uploadType(file) }),
       signal: controller.signal,
     });
   } catch (error) {
@@ -425,6 +565,7 @@ async function runPlan() {
   if (!response.ok) {
     const problem = await problemOf(response);
     if (controller.signal.aborted) return;
+    if (problem.status === 401) needKey(problem);
     const match = /`steps\[0\]\.(width|height)`/.exec(problem.message);
     if (match) fields[match[1]].setAttribute("aria-invalid", "true");
     setPlan("error", problem.message);
@@ -502,7 +643,7 @@ async function submitJob() {
       response = await fetch(jobsUrl(spec, false), {
         method: "POST",
         body: file,
-        headers: { "Content-Type": uploadType(file) },
+        headers: apiHeaders({ "Content-Type": uploadType(file) }),
       });
     } catch (error) {
       throw new ApiError(networkProblem(error));
@@ -521,6 +662,8 @@ async function submitJob() {
       job,
       resultUrl: result.url,
       resultBytes: result.bytes,
+      resultName: result.name,
+      keyed: result.keyed,
       sourceUrl,
       sourceName: file.name || "image",
       probe,
@@ -534,6 +677,7 @@ async function submitJob() {
     const problem = error instanceof ApiError
       ? error.problem
       : { status: null, title: "Something went wrong", message: String(error && error.message ? error.message : error), code: "", retryAfter: null };
+    if (problem.status === 401) needKey(problem);
     showFailure(problem);
   } finally {
     setRunning(false);
@@ -542,9 +686,10 @@ async function submitJob() {
 }
 
 // Follows the job by its server-sent events (GET /jobs/{id}/events); falls back to
-// long-polls if the stream breaks before the job ends.
+// long-polls if the stream breaks before the job ends. With an API key, long-polls only:
+// an EventSource cannot send the Authorization header.
 function followJob(id, started) {
-  if (typeof EventSource !== "function") return waitForJob(id, started);
+  if (state.apiKey || typeof EventSource !== "function") return waitForJob(id, started);
   return new Promise((resolve, reject) => {
     const source = new EventSource(`/jobs/${encodeURIComponent(id)}/events`);
     let settled = false;
@@ -581,7 +726,7 @@ async function waitForJob(id, started) {
   for (;;) {
     let response;
     try {
-      response = await fetch(`/jobs/${encodeURIComponent(id)}?wait=${WAIT_S}`, { cache: "no-store" });
+      response = await fetch(`/jobs/${encodeURIComponent(id)}?wait=${WAIT_S}`, { cache: "no-store", headers: apiHeaders() });
     } catch (error) {
       failures += 1;
       if (failures > 5) throw new ApiError(networkProblem(error));
@@ -595,21 +740,31 @@ async function waitForJob(id, started) {
   }
 }
 
+/** The job's output as an object URL, with its size and the file name the server gives it;
+ * `keyed`: fetched with an API key, so a plain link to the download would be refused. */
 async function fetchResult(job) {
+  const keyed = Boolean(state.apiKey);
   let response;
   try {
-    response = await fetch(`/jobs/${encodeURIComponent(job.id)}/download`);
+    response = await fetch(`/jobs/${encodeURIComponent(job.id)}/download`, { headers: apiHeaders() });
   } catch (error) {
     throw new ApiError(networkProblem(error));
   }
   if (!response.ok) throw new ApiError(await problemOf(response));
+  const disposition = /filename="?([^";]+)"?/i.exec(response.headers.get("Content-Disposition") || "");
   const blob = await response.blob();
-  return { url: URL.createObjectURL(blob), bytes: blob.size };
+  return {
+    url: URL.createObjectURL(blob),
+    bytes: blob.size,
+    name: disposition ? disposition[1] : `${job.id}.${job.output_format || "bin"}`,
+    keyed,
+  };
 }
 
 function showFailure(problem) {
   const busy = problem.status === 503;
-  const retryable = busy || problem.code === "network_error" || problem.status >= 500;
+  // After a 401, "Try again" once the key is in.
+  const retryable = busy || problem.code === "network_error" || problem.status >= 500 || problem.status === 401;
   let shown = problem;
   if (busy && problem.code === "queue_full") {
     const wait = problem.retryAfter ? ` The server suggests trying again in ${problem.retryAfter} s.` : "";
@@ -687,7 +842,14 @@ function showEntry(entry) {
     )),
   );
   const download = $("download");
-  download.href = `/jobs/${encodeURIComponent(entry.id)}/download`;
+  if (entry.keyed) {
+    // The file already fetched with the key: a link to the API would go without it.
+    download.href = entry.resultUrl;
+    download.download = entry.resultName;
+  } else {
+    download.href = `/jobs/${encodeURIComponent(entry.id)}/download`;
+    download.download = ""; // the server's Content-Disposition names the file
+  }
   $("download-text").textContent = `Download ${formatName(facts.format)} · ${formatBytes(facts.bytes)}`;
   $("outcome").hidden = false;
   for (const item of $("history").querySelectorAll(".history-item")) {
@@ -752,6 +914,14 @@ function wire() {
     const file = [...(event.clipboardData ? event.clipboardData.files : [])].find((f) => f.type.startsWith("image/"));
     if (file && !state.running) chooseFile(file);
   });
+
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    useKey();
+  });
+  $("api-key").addEventListener("input", () => $("api-key").removeAttribute("aria-invalid"));
+  $("key-forget").addEventListener("click", forgetKey);
+  restoreKey();
 
   form.addEventListener("input", formChanged);
   form.addEventListener("submit", (event) => {
