@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import cast
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 from quart import current_app
 from quart_trio import QuartTrio
 
@@ -35,7 +41,57 @@ class ImgJobsApp(QuartTrio):
             await super().asgi_app(scope, receive, send)
             return
         async with self.uploads.admit(receive, send) as (gated_receive, answer):
-            await super().asgi_app(scope, gated_receive, answer)
+            body = _Body(gated_receive)
+            held: list[ASGISendEvent] = []
+
+            async def reply(message: ASGISendEvent) -> None:
+                # The end of an answer given before its body has all come waits for it.
+                last = message["type"] == "http.response.body" and not message.get("more_body")
+                if last and not body.ended:
+                    held.append(message)
+                    return
+                await answer(message)
+
+            await super().asgi_app(scope, body.receive, reply)
+            if held:
+                await body.linger(max_bytes=max(LINGER_BYTES, 8 * self.settings.max_upload_bytes))
+                await answer(held[0])
+
+
+# How long, and how much of, an answered request's unread body is read and discarded, at
+# most (reading costs the server about 1 ms a megabyte).
+LINGER_S = 10.0
+LINGER_BYTES = 64 * 1024 * 1024
+
+
+class _Body:
+    """A request body's `receive`, remembering whether the body has all come.
+
+    An upload refused before its body was read (413, 415, 503...) is answered at once, and
+    its connection closed when the answer ends; a client that sends the whole body before
+    reading the answer (Python's urllib, many others) would then hit the closed connection
+    and see a broken pipe instead of the answer. So, as nginx's lingering close does, the
+    answer's last message waits while the rest of the body is read and thrown away
+    (bounded in bytes and time); then the connection is let go.
+    """
+
+    def __init__(self, receive: ASGIReceiveCallable) -> None:
+        self._receive = receive
+        self.ended = False
+
+    async def receive(self) -> ASGIReceiveEvent:
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.ended = True
+        return message
+
+    async def linger(self, *, max_bytes: int) -> None:
+        discarded = 0
+        with trio.move_on_after(LINGER_S):
+            while not self.ended and discarded <= max_bytes:
+                message = await self.receive()
+                if message["type"] == "http.request":
+                    discarded += len(message.get("body", b""))
 
 
 # How long the last message of a response may take to hand to hypercorn once it is shielded.
