@@ -46,7 +46,9 @@ blueprint = Blueprint("jobs", __name__)
 _encoder = msgspec.json.Encoder()
 TERMINAL = ("completed", "failed")
 MAX_WAIT_S = 60.0
-WAIT_RECHECK_S = 5.0
+# A long-poll re-reads its job this often: another front process may have run it (the
+# processes of `hypercorn --workers N` share the database, not their announcements).
+WAIT_RECHECK_S = 1.0
 MEDIA_TYPES = {
     "jpeg": "image/jpeg",
     "png": "image/png",

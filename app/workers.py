@@ -249,6 +249,7 @@ class WorkerPool:
             operation=record.operation,
             queue_wait_ms=round((time.time() - record.created_at) * 1000, 1),
             attempt=record.attempts,
+            process=self.owner,
         )
         self._metrics.job_started(queued_s=time.time() - record.created_at)
         keys = output_keys(record)

@@ -180,3 +180,33 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(
     assert result.returncode != 0
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_several_front_processes_on_one_port_share_the_work(tmp_path: Path) -> None:
+    """`hypercorn --workers 2`: two event loops behind one port (the kernel spreads the
+    connections), each with its own worker pool, on one database: every job runs once,
+    both processes take jobs, and a long-poll answered by the other process still ends."""
+    settings = make_settings(tmp_path, worker_pool_size=1)
+    port = free_port()
+    command = [
+        *(sys.executable, "-m", "hypercorn", "-k", "trio", "--workers", "2"),
+        *("--bind", f"127.0.0.1:{port}", "app:create_app()"),
+    ]
+    async with trio.open_nursery() as nursery:
+        server = ServerProcess(settings, command=command)
+        await server.start(nursery, ready="service.started")
+        await server.wait_for("service.started")  # the second front process
+        url = f"http://127.0.0.1:{port}"
+        ids: list[str] = []
+        for _ in range(24):  # a connection each: the kernel picks the process
+            async with httpx.AsyncClient(base_url=url) as client:
+                ids.append(await submit(client, SMALL, width=64, height=64))
+        async with httpx.AsyncClient(base_url=url) as client:
+            for job_id in ids:
+                assert (await wait_done(client, job_id))["status"] == "completed"
+        server.signal(signal.SIGTERM)
+        assert await server.wait() == 0
+    started = Counter(e["job_id"] for e in server.logged("job.started"))
+    assert set(started) == set(ids)
+    assert set(started.values()) == {1}
+    assert len({e["process"] for e in server.logged("job.started")}) == 2, "one did all"
