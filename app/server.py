@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from app import errors
 from app.admission import UploadGate
+from app.allocator import keep_freed_memory
 from app.application import ImgJobsApp
 from app.docs import blueprint as docs_blueprint
 from app.feeds import blueprint as feeds_blueprint
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> ImgJobsApp:
     """Build the application; nothing starts until it is served."""
     settings = load_settings() if settings is None else settings
     read_uploads_in_bigger_chunks()
+    keep_freed_memory()
     app = ImgJobsApp(__name__)
     # `/jobs//download` is no route (a 404 problem), not an HTML redirect to `/jobs/download`.
     app.url_map.merge_slashes = False
