@@ -98,6 +98,11 @@ bench: $(STAMP)
 bench-floor: $(STAMP)
 	$(BIN)/python -m bench.floor $(BENCH_ARGS)
 
+# imgjobs' server CPU per job (each upload form, 1 and 16 MB) and per status read vs the floor's.
+.PHONY: bench-overhead
+bench-overhead: $(STAMP)
+	$(BIN)/python -m bench.overhead $(BENCH_ARGS)
+
 # Stock Pillow (pinned) in a venv of its own, never in $(VENV): the ceiling under both.
 bench-pillow: $(STAMP)
 	@test -f .venv-stock-pillow/.installed || { \

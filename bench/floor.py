@@ -3,7 +3,8 @@
 A minimal QuartTrio app (``bench.floor_server``: none of imgjobs' work in the request
 path, only its wire types and JSON responses) has the service's two job routes:
 ``POST /jobs`` reads the raw body to its end and discards it, then answers 202
-``{"job_id": ...}``; ``GET /jobs/<id>`` answers 200 with a completed job view at once.
+``{"job_id": ...}`` (it takes the service's multipart and JSON forms too, for
+``bench.overhead``); ``GET /jobs/<id>`` answers 200 with a completed job view at once.
 It runs under hypercorn's trio worker in a child process (127.0.0.1, a free port) with
 the real server's settings:
 ``app.server.hypercorn_config`` and ``read_uploads_in_bigger_chunks`` (256 KiB reads).
@@ -49,7 +50,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 import trio
@@ -62,6 +63,7 @@ from bench.machine import Machine, describe_machine, summary_line
 from bench.procs import (
     Quiet,
     add_quiet_options,
+    children,
     machine_cpu,
     own_cpu_s,
     process_cpu_s,
@@ -71,7 +73,7 @@ from bench.report import results_dir, source_revision, stamp, write_json
 from bench.stats import Progress
 from bench.workloads import WORKLOADS, corpus_dir, source_bytes
 
-__all__ = ["FloorReport", "main", "run"]
+__all__ = ["Batch", "FloorReport", "Target", "main", "run", "run_batch", "run_job"]
 
 DEFAULT_WORKLOADS = ("elephants-1080", "elephants-5640")
 # 50 x 16 MB over loopback takes seconds; this only bounds a hung server.
@@ -83,8 +85,20 @@ Mode = Literal["concurrent", "sequential"]
 MODES: tuple[Mode, ...] = ("concurrent", "sequential")
 
 
-async def run_job(url: str, payload: Payload) -> None:
-    """One job as ``bench.load`` makes it: its own connection, the upload, the long-poll."""
+class Target(Protocol):
+    """A server to load: a ``FloorServer``, or a real one (``bench.server.RunningServer``)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def pid(self) -> int: ...
+
+
+async def run_job(url: str, payload: Payload) -> str:
+    """One job as ``bench.load`` makes it: its own connection, the upload, the long-poll.
+    ``payload`` is sent as it is: ``fields`` as the query, ``media_type`` as the body's
+    Content-Type. Returns the job's id."""
     connection = LeanConnection(url)
     try:
         submitted = await connection.request(
@@ -104,6 +118,7 @@ async def run_job(url: str, payload: Payload) -> None:
             raise FloorError(f"GET /jobs/{job_id} answered {polled.status_code}")
     finally:
         await connection.aclose()
+    return job_id
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,37 +126,58 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
 
     wall_s: float  # first POST sent to last view read
     server_cpu_s: float
+    workers_cpu_s: float  # the server's child processes (none for the floor server)
     client_cpu_s: float
     foreign_cpu_pct: float  # other processes' share of the machine meanwhile: noise
 
 
-async def run_batch(server: FloorServer, payload: Payload, jobs: int, mode: Mode) -> Batch:
-    """``jobs`` jobs, all at once or one after the other, and the CPU both sides used."""
+async def run_batch(
+    server: Target, payload: Payload, jobs: int, mode: Mode, *, ids: list[str] | None = None
+) -> Batch:
+    """``jobs`` jobs, all at once or one after the other, and the CPU each side used;
+    the jobs' ids are appended to ``ids``."""
+    made = ids if ids is not None else []
+
+    async def one() -> None:
+        made.append(await run_job(server.url, payload))
+
     machine_before = machine_cpu()
     server_before = process_cpu_s(server.pid) or 0.0
+    workers_before = children_cpu_s(server.pid)
     client_before = own_cpu_s()
     started = time.perf_counter()
     with trio.fail_after(BATCH_DEADLINE_S):
         if mode == "concurrent":
             async with trio.open_nursery() as nursery:
                 for _ in range(jobs):
-                    nursery.start_soon(run_job, server.url, payload)
+                    nursery.start_soon(one)
         else:
             for _ in range(jobs):
-                await run_job(server.url, payload)
+                await one()
     wall = time.perf_counter() - started
     client = own_cpu_s() - client_before  # before the idle wait, whose polling is ours
     server_cpu = await wait_server_idle(server.pid) - server_before
+    # A worker that exited meanwhile takes its CPU with it; one started counts from zero.
+    workers = sum(
+        cpu - workers_before.get(pid, 0.0) for pid, cpu in children_cpu_s(server.pid).items()
+    )
     machine_after = machine_cpu()
     window = machine_after.total_s - machine_before.total_s
     busy = machine_after.busy_s - machine_before.busy_s
-    foreign = busy - server_cpu - (own_cpu_s() - client_before)
+    foreign = busy - server_cpu - workers - (own_cpu_s() - client_before)
     return Batch(
         wall_s=round(wall, 4),
         server_cpu_s=round(server_cpu, 3),
+        workers_cpu_s=round(workers, 3),
         client_cpu_s=round(client, 4),
         foreign_cpu_pct=round(max(100 * foreign / window, 0.0), 1) if window > 0 else 0.0,
     )
+
+
+def children_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each live child process of ``pid``, by pid."""
+    found = {child: process_cpu_s(child) for child in children(pid)}
+    return {child: cpu for child, cpu in found.items() if cpu is not None}
 
 
 async def wait_server_idle(pid: int) -> float:

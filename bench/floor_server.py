@@ -2,6 +2,14 @@
 nothing but read the body and answer, under hypercorn's trio worker with the real server's
 settings (``app.server.hypercorn_config``, 256 KiB reads).
 
+``POST /jobs`` takes the service's three upload forms and does with each only what any
+server must to get the image out of it, then throws it away: a raw body is read to its
+end; a ``multipart/form-data`` body is parsed by Quart (``request.files`` and
+``request.form``, as ``app.routes`` reads it) and the ``image`` part's bytes taken; an
+``application/json`` body is read whole and decoded by msgspec into a Struct whose
+``image_data`` is ``bytes`` (which decodes the base64 as it parses, as ``app.submissions``
+does).
+
 Run by ``bench.floor`` as a child process (``python -m bench.floor_server``): it prints its
 URL on one line once it listens on a free port of 127.0.0.1, and stops on SIGINT/SIGTERM.
 """
@@ -19,11 +27,12 @@ from functools import partial
 from pathlib import Path
 
 import hypercorn.trio
+import msgspec
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from app.models import JobSubmitted, JobView
+from app.models import JobSubmitted, JobView, SubmitRequest
 from app.routes import json_response
 from app.server import hypercorn_config, read_uploads_in_bigger_chunks
 from app.settings import Settings
@@ -43,6 +52,12 @@ class FloorError(Exception):
     """The floor server did not start, or answered a job other than as it always does."""
 
 
+class UploadBody(SubmitRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The seed's JSON body with its image decoded while msgspec parses it."""
+
+    image_data: bytes  # type: ignore[assignment]  # the same JSON string, decoded
+
+
 def create_floor_app() -> QuartTrio:
     """The service's job routes with handlers that do nothing but read and answer."""
     app = QuartTrio(__name__)
@@ -53,10 +68,13 @@ def create_floor_app() -> QuartTrio:
 
     @app.post("/jobs")
     async def submit_job() -> Response:
-        received = 0
-        async for chunk in request.body:
-            received += len(chunk)
-        if received != request.content_length:
+        if request.mimetype == "multipart/form-data":
+            received = await _multipart_image_bytes()
+        elif request.mimetype == "application/json":
+            received = await _json_image_bytes()
+        else:
+            received = await _raw_body_bytes()
+        if received is None:
             return Response(b"", status=400)
         job_id = str(uuid.uuid4())
         return json_response(
@@ -84,6 +102,35 @@ def create_floor_app() -> QuartTrio:
         return json_response(view)
 
     return app
+
+
+async def _raw_body_bytes() -> int | None:
+    """Read the body to its end, keeping nothing; None if it was cut short."""
+    received = 0
+    async for chunk in request.body:
+        received += len(chunk)
+    return received if received == request.content_length else None
+
+
+async def _multipart_image_bytes() -> int | None:
+    """The ``image`` part's size once Quart has parsed the form; None without one."""
+    files = await request.files
+    form = await request.form
+    part = files.get("image")
+    if part is None:
+        return None
+    form.to_dict()  # as app.routes hands the fields on
+    return len(part.read())
+
+
+async def _json_image_bytes() -> int | None:
+    """The decoded image's size once msgspec has parsed the body; None if it is invalid."""
+    body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    try:
+        upload = msgspec.json.decode(body, type=UploadBody)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+    return len(upload.image_data)
 
 
 async def serve_floor(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
