@@ -125,9 +125,9 @@ class Service:
         if len(body) <= INLINE_PARSE_BYTES:
             order, data = parse_json(body, self.settings)
             return check_upload(data, order, self.settings), data
-        # base64 and JSON decoding of megabytes would stall every other request
-        order, data = await trio.to_thread.run_sync(parse_json, body, self.settings)
-        return await self._off_loop(check_upload, data, order, self.settings), data
+        # base64 and JSON decoding of megabytes would stall every other request: one trip
+        # to a thread parses and checks
+        return await self.storage.threads.run(_parse_and_check, body, self.settings)
 
     async def check_bytes(self, data: bytes, parameters: Mapping[str, str]) -> JobPlan:
         """An image already in memory (a multipart file part) with its parameters, checked."""
@@ -215,12 +215,11 @@ class Service:
             raise RequestTimeout("the request body was not received in time")
         return received
 
-    @staticmethod
-    async def _off_loop(check: Callable[..., T], data: bytes, *args: object) -> T:
+    async def _off_loop(self, check: Callable[..., T], data: bytes, *args: object) -> T:
         """`check(data, *args)`, on a thread when `data` is big enough to stall the loop."""
         if len(data) <= INLINE_PARSE_BYTES:
             return check(data, *args)
-        return await trio.to_thread.run_sync(check, data, *args)
+        return await self.storage.threads.run(check, data, *args)
 
     def _new_job_id(self) -> str:
         if self.stopping:
@@ -411,6 +410,11 @@ class Service:
             owner=caller.owner,
         )
         return accepted
+
+
+def _parse_and_check(body: bytes, settings: Settings) -> tuple[JobPlan, bytes]:
+    order, data = parse_json(body, settings)
+    return check_upload(data, order, settings), data
 
 
 def _sha256(data: bytes) -> bytes:

@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import trio
+from app.threads import Request, hand_off
 
 __all__ = ["MIGRATIONS", "SCHEMA", "SqliteThread", "connect", "connect_reader", "transaction"]
 
@@ -152,7 +152,7 @@ class SqliteThread:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        self._requests: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="sqlite", daemon=True)
         self._thread.start()
 
@@ -166,23 +166,7 @@ class SqliteThread:
         self._thread.join()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        outcome: list[Any] = []
-
-        def request() -> None:
-            try:
-                outcome.append((True, fn(self._conn)))
-            except BaseException as exc:  # handed back to the awaiting task
-                outcome.append((False, exc))
-            token.run_sync_soon(done.set)
-
-        self._requests.put(request)
         # A query is short and, once queued, runs to completion; waiting for it even when
         # cancelled keeps every caller's view of the row consistent with the database.
-        with trio.CancelScope(shield=True):
-            await done.wait()
-        ok, value = outcome[0]
-        if ok:
-            return value  # type: ignore[no-any-return]
-        raise value
+        conn = self._conn
+        return await hand_off(self._requests.put, lambda: fn(conn))

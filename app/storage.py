@@ -17,9 +17,8 @@ from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
 
-import trio
-
 from app.errors import PayloadTooLarge, StorageFull
+from app.threads import Threads
 
 __all__ = ["TEMP_SUFFIX", "BlobStorage", "LocalStorage"]
 
@@ -27,6 +26,8 @@ T = TypeVar("T")
 
 TEMP_SUFFIX = ".tmp"
 WRITE_BUFFER_BYTES = 1024 * 1024
+# Threads for file operations: writes of different uploads and outputs overlap.
+FILE_THREADS = 4
 LOCK_NAME = ".imgjobs.lock"
 
 
@@ -44,9 +45,12 @@ class BlobStorage(Protocol):
 class LocalStorage:
     """`BlobStorage` on two local folders."""
 
-    def __init__(self, upload_dir: Path, output_dir: Path) -> None:
+    def __init__(self, upload_dir: Path, output_dir: Path, threads: Threads | None = None) -> None:
         self._roots = {"uploads": upload_dir.resolve(), "outputs": output_dir.resolve()}
         self._lock: BinaryIO | None = None
+        #: Where file operations run (a pool of this storage's own when none is given).
+        self.threads = threads or Threads(FILE_THREADS, name="files")
+        self._own_threads = threads is None
 
     def prepare(self) -> bool:
         """Create the folders and take the storage lock; True if no other server shares it.
@@ -71,6 +75,9 @@ class LocalStorage:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+        if self._own_threads:
+            self.threads.close()
+            self._own_threads = False
 
     def leftovers(self, *, older_than_s: float) -> tuple[list[Path], dict[str, list[str]]]:
         """Temporary files, and every stored key by job id, last changed before the age."""
@@ -100,21 +107,19 @@ class LocalStorage:
 
     async def write(self, key: str, data: bytes) -> None:
         temp = self.temp_path(key)
-        await trio.to_thread.run_sync(_write_atomic, temp, self.path(key), data)
+        await self.threads.run(_write_atomic, temp, self.path(key), data)
 
     async def commit(self, temp: Path, key: str) -> None:
-        await trio.to_thread.run_sync(os.replace, temp, self.path(key))
+        await self.threads.run(os.replace, temp, self.path(key))
 
     async def copy(self, source: str, key: str) -> None:
         """Store what `source` holds under `key` too (a hard link where the file system
         allows, so reused outputs cost no space); FileNotFoundError if it is gone."""
-        await trio.to_thread.run_sync(
-            _copy_atomic, self.path(source), self.temp_path(key), self.path(key)
-        )
+        await self.threads.run(_copy_atomic, self.path(source), self.temp_path(key), self.path(key))
 
     async def remove(self, *keys: str) -> None:
         paths = [self.path(key) for key in keys]
-        await trio.to_thread.run_sync(_unlink_all, paths)
+        await self.threads.run(_unlink_all, paths)
 
     async def receive(
         self,
@@ -143,10 +148,10 @@ class LocalStorage:
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= WRITE_BUFFER_BYTES:
-                    file = await trio.to_thread.run_sync(_append, file, temp, pending)
+                    file = await self.threads.run(_append, file, temp, pending)
                     pending = []
                     pending_size = 0
-            result = await trio.to_thread.run_sync(_finish, file, temp, pending, then)
+            result = await self.threads.run(_finish, file, temp, pending, then)
             file = None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -159,7 +164,7 @@ class LocalStorage:
 
     async def discard(self, temp: Path) -> None:
         """Remove a temporary file if it is still there (a failed or cancelled job's)."""
-        await trio.to_thread.run_sync(_unlink_all, [temp])
+        await self.threads.run(_unlink_all, [temp])
 
 
 def _write_atomic(temp: Path, final: Path, data: bytes) -> None:
