@@ -23,8 +23,7 @@ import msgspec
 import trio
 
 from app.access import Access
-from app.deliveries import Deliverer
-from app.delivery_store import DeliveryRecord, DeliveryStore
+from app.delivery_store import DeliveryStore
 from app.errors import IdempotencyKeyReused, InvalidField, RequestTimeout, ServiceStopping
 from app.logs import log_event
 from app.metrics import Metrics
@@ -34,7 +33,7 @@ from app.runner import ProcessRunner, WorkerSetup
 from app.settings import Settings
 from app.ssrf import ForbiddenDestination, Resolver, check_url, resolve_public, system_resolver
 from app.storage import LocalStorage
-from app.store import JobRecord, JobStore, SqliteJobStore, open_job_store
+from app.store import JobRecord, JobStore, open_job_store
 from app.submissions import (
     JobPlan,
     Order,
@@ -44,8 +43,7 @@ from app.submissions import (
     parse_json,
     parse_parameters,
 )
-from app.views import event_body
-from app.webhooks import Signer
+from app.upkeep import clean_storage, deliverer_for, expire, sweep
 from app.workers import WorkerPool
 from imaging import Description
 
@@ -53,11 +51,6 @@ __all__ = ["Accepted", "Caller", "Service", "open_service"]
 
 T = TypeVar("T")
 
-# How often pending rows that no queue holds (left by a restart, a full queue at start-up,
-# or a dead server sharing the database) are looked for.
-SWEEP_INTERVAL_S = 2.0
-# With other servers sharing the storage, only leftovers this old are surely abandoned.
-SHARED_LEFTOVER_AGE_S = 3600.0
 # Bodies bigger than this are parsed on a thread, off the event loop.
 INLINE_PARSE_BYTES = 64 * 1024
 # A retry with the same Idempotency-Key within this time answers the first job again.
@@ -451,69 +444,13 @@ def _replayed(earlier: JobRecord, prints: _Prints) -> Accepted:
     return Accepted(record=earlier, replayed=True)
 
 
-async def _sweep(pool: WorkerPool) -> None:
-    while True:
-        try:
-            await pool.requeue()
-        except Exception:
-            log_event("sweep.error", level=logging.ERROR, exc=True)
-        await trio.sleep(SWEEP_INTERVAL_S)
-
-
-async def _clean_storage(storage: LocalStorage, store: JobStore, *, alone: bool) -> None:
-    """Remove what crashes left: temporary files, and files of jobs that have no row."""
-    temps, keys = await trio.to_thread.run_sync(
-        partial(storage.leftovers, older_than_s=0 if alone else SHARED_LEFTOVER_AGE_S)
-    )
-    known = await store.existing(keys)
-    orphans = [key for job_id, job_keys in keys.items() if job_id not in known for key in job_keys]
-    await storage.remove(*orphans)
-    for temp in temps:
-        await storage.discard(temp)
-    if temps or orphans:
-        log_event("storage.cleaned", temp_files=len(temps), orphan_files=len(orphans))
-
-
-async def _expire(store: JobStore, storage: LocalStorage, ttl_s: float) -> None:
-    """Remove finished jobs older than JOB_TTL, files first, then rows."""
-    while True:
-        try:
-            while records := await store.expired(finished_before=time.time() - ttl_s, limit=500):
-                for record in records:
-                    await storage.remove(record.input_key, *output_keys(record).values())
-                    await store.delete(record.id)
-                log_event("jobs.expired", jobs=len(records))
-        except Exception:
-            log_event("expire.error", level=logging.ERROR, exc=True)
-        await trio.sleep(min(max(ttl_s / 10, 1.0), 60.0))
-
-
-def _deliverer(settings: Settings, store: SqliteJobStore, metrics: Metrics) -> Deliverer | None:
-    """The webhook delivery loop (none without WEBHOOK_SECRET: callbacks are refused)."""
-    if settings.webhook_secret is None:
-        return None
-
-    async def payload_of(delivery: DeliveryRecord) -> bytes | None:
-        record = await store.get(delivery.job_id)
-        return None if record is None else event_body(record, delivery)
-
-    return Deliverer(
-        store.deliveries,
-        signer=Signer(settings.webhook_secret),
-        payload_of=payload_of,
-        metrics=metrics,
-        allow_private=settings.webhook_allow_private,
-        retry_base_s=settings.webhook_retry_base_s,
-    )
-
-
 @asynccontextmanager
 async def open_service(settings: Settings) -> AsyncIterator[Service]:
     """Start everything the service needs; on exit, shut it down gracefully."""
     storage = LocalStorage(settings.upload_dir, settings.output_dir)
     alone = await trio.to_thread.run_sync(storage.prepare)
     async with open_job_store(settings.db_path) as store, trio.open_nursery() as nursery:
-        await _clean_storage(storage, store, alone=alone)
+        await clean_storage(storage, store, alone=alone)
         queue = JobQueue(settings.queue_size, retry_after_s=settings.retry_after_s)
         setup = WorkerSetup(memory_limit_bytes=settings.worker_memory_bytes)
         runner = ProcessRunner(settings.worker_pool_size, setup)
@@ -536,10 +473,10 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             queue_capacity=settings.queue_size,
             requeued_jobs=recovered,
         )
-        nursery.start_soon(_sweep, pool)
+        nursery.start_soon(sweep, pool)
         if settings.job_ttl_s > 0:
-            nursery.start_soon(_expire, store, storage, settings.job_ttl_s)
-        deliverer = _deliverer(settings, store, metrics)
+            nursery.start_soon(expire, store, storage, settings.job_ttl_s)
+        deliverer = deliverer_for(settings, store, metrics)
         if deliverer is not None:
             pool.webhook_due = deliverer.nudge
             await nursery.start(deliverer.serve)
