@@ -8,15 +8,13 @@ the webhook deliveries owed (`app.delivery_store`) share that thread and its con
 
 from __future__ import annotations
 
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from app.threads import Request, hand_off
+from app.threads import Threads
 
 __all__ = ["MIGRATIONS", "SCHEMA", "SqliteThread", "connect", "connect_reader", "transaction"]
 
@@ -152,21 +150,14 @@ class SqliteThread:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        self._requests: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name="sqlite", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while (request := self._requests.get()) is not None:
-            request()
-        self._conn.close()
+        self._thread = Threads(1, name="sqlite")
 
     def close(self) -> None:
-        self._requests.put(None)
-        self._thread.join()
+        """Finish the queued queries, then close the connection."""
+        self._thread.close()
+        self._conn.close()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         # A query is short and, once queued, runs to completion; waiting for it even when
         # cancelled keeps every caller's view of the row consistent with the database.
-        conn = self._conn
-        return await hand_off(self._requests.put, lambda: fn(conn))
+        return await self._thread.run(fn, self._conn)

@@ -150,7 +150,8 @@ class SqliteJobStore:
         row = msgspec.structs.asdict(record)
 
         def query(c: sqlite3.Connection) -> JobRecord | None:
-            if record.idempotency_key is None and record.callback_url is None:
+            owes = record.callback_url is not None and record.status in ("completed", "failed")
+            if record.idempotency_key is None and not owes:
                 c.execute(_INSERT, row)  # the common case: one statement, no transaction
                 return None
             with transaction(c):
@@ -167,7 +168,8 @@ class SqliteJobStore:
                         (record.owner, record.idempotency_key),
                     )
                 c.execute(_INSERT, row)
-                c.execute(_OWE_DELIVERY, {"id": record.id, "now": record.created_at})
+                if owes:  # completed at submit (reused): its webhook is due now
+                    c.execute(_OWE_DELIVERY, {"id": record.id, "now": record.created_at})
             return None
 
         return await self._run(query)

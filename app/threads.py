@@ -17,14 +17,14 @@ from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 import trio
 
-__all__ = ["Threads", "hand_off"]
+__all__ = ["Threads"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 Request = Callable[[], None]
 
 
-async def hand_off(put: Callable[[Request], None], fn: Callable[[], T]) -> T:
+async def _hand_off(put: Callable[[Request], None], fn: Callable[[], T]) -> T:
     """`fn()`, run by whichever thread takes what `put` queues; its result or exception."""
     token = trio.lowlevel.current_trio_token()
     done = trio.Event()
@@ -66,7 +66,7 @@ class Threads:
 
     async def run(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """`fn(*args)` on one of the threads."""
-        return await hand_off(self._requests.put, lambda: fn(*args))
+        return await _hand_off(self._requests.put, lambda: fn(*args))
 
     def close(self) -> None:
         """Let the threads finish what is queued, then stop them."""
