@@ -14,7 +14,9 @@ DEBIAN_PACKAGES := gcc make zlib1g-dev libjpeg62-turbo-dev libwebp-dev libtiff-d
 # The API docs page's Swagger UI comes from drf-spectacular-sidecar's files (it requires
 # Django for its own use, which the service does not need).
 NO_DEPS_PACKAGES := pillow-avif-plugin==1.6.0 pillow-heif==1.8.1 drf-spectacular-sidecar==2026.10.1
-TEST_DEBIAN_PACKAGES := chromium
+# The browser the web page is tested in; PostgreSQL and Ceph RGW (S3) for the scale-out
+# backends, started by the tests themselves on loopback ports.
+TEST_DEBIAN_PACKAGES := chromium postgresql radosgw ceph-mon ceph-osd
 # pillow-simd builds SSE4 code by default; AVX2 where the CPU has it.
 SIMD_CFLAGS := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo -mavx2)
 
@@ -43,7 +45,7 @@ endef
 system:
 	$(call install_debian,$(DEBIAN_PACKAGES))
 
-# What only the tests need: the browser the web page is tested in.
+# What only the tests need (TEST_DEBIAN_PACKAGES).
 system-test:
 	$(call install_debian,$(TEST_DEBIAN_PACKAGES))
 
@@ -81,8 +83,13 @@ corpus: $(STAMP)
 		$(BIN)/python -m tests.corpus; \
 	fi
 
+# Every test on the embedded backends (the scale-out tests start PostgreSQL and RGW
+# themselves), then the API contract suites again on PostgreSQL + S3 (tests/backends.py).
+CONTRACT_TESTS := tests/test_api.py tests/test_api_steps.py tests/test_variants.py \
+	tests/test_access.py tests/test_feeds.py
 pytest: $(STAMP) corpus system-test
 	$(BIN)/pytest
+	IMGJOBS_BACKEND=shared $(BIN)/pytest -m "not embedded_only" $(CONTRACT_TESTS)
 
 test: lint typecheck pytest
 

@@ -134,6 +134,14 @@ class NotFound(ServiceError):
     default_code = "not_found"
 
 
+class WrongNode(ServiceError):
+    """A request a node of this role does not serve (API requests sent to a worker node)."""
+
+    status = 421
+    title = "Misdirected Request"
+    default_code = "wrong_node"
+
+
 class MethodNotAllowed(ServiceError):
     status = 405
     title = "Method Not Allowed"

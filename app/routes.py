@@ -21,6 +21,7 @@ from app.errors import (
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
+    WrongNode,
 )
 from app.models import (
     IDEMPOTENCY_KEY_LENGTH,
@@ -49,6 +50,7 @@ MAX_WAIT_S = 60.0
 # A long-poll re-reads its job this often: another front process may have run it (the
 # processes of `hypercorn --workers N` share the database, not their announcements).
 WAIT_RECHECK_S = 1.0
+DOWNLOAD_CACHING = "private, max-age=31536000, immutable"
 MEDIA_TYPES = {
     "jpeg": "image/jpeg",
     "png": "image/png",
@@ -291,7 +293,9 @@ async def download_job(job_id: str) -> Response:
     record = _completed(await record_of(job_id))
     results = decode_results(record.results)
     if not results:  # the seed's jobs: one output, stored as the seed service stored it
-        return await _send_output(record, record.output_key, record.output_format, None)
+        return await _send_output(
+            record, record.output_key, record.output_format, None, record.result_bytes
+        )
     name = "default" if "default" in results or len(results) != 1 else next(iter(results))
     if name not in results:
         names = ", ".join(sorted(results))
@@ -300,7 +304,7 @@ async def download_job(job_id: str) -> Response:
             f" ({names}) from /jobs/{record.id}/variants/<name>"
         )
     result = results[name]
-    return await _send_output(record, result.key, result.format, name)
+    return await _send_output(record, result.key, result.format, name, result.bytes)
 
 
 @blueprint.get("/jobs/<job_id>/variants/<name>")
@@ -309,12 +313,14 @@ async def download_variant(job_id: str, name: str) -> Response:
     record = _completed(await record_of(job_id))
     results = decode_results(record.results)
     if not results and name == "default":
-        return await _send_output(record, record.output_key, record.output_format, None)
+        return await _send_output(
+            record, record.output_key, record.output_format, None, record.result_bytes
+        )
     if name not in results:
         names = ", ".join(sorted(results)) or "default"
         raise NotFound(f"job {record.id} has no variant {name[:40]!r} (it has: {names})")
     result = results[name]
-    return await _send_output(record, result.key, result.format, name)
+    return await _send_output(record, result.key, result.format, name, result.bytes)
 
 
 def _completed(record: JobRecord) -> JobRecord:
@@ -329,13 +335,17 @@ def _completed(record: JobRecord) -> JobRecord:
 
 
 async def _send_output(
-    record: JobRecord, key: str, output_format: str, variant: str | None
+    record: JobRecord, key: str, output_format: str, variant: str | None, size: int | None
 ) -> Response:
     """Send one output; `variant` None is the seed's job, whose ETag stays as it was."""
     filename = key.rpartition("/")[2]  # <job id>.<ext>, or <job id>.<variant>.<ext>
+    storage = current_service().storage
+    path = storage.local_path(key)
+    if path is None:
+        return await _send_stored(record, key, output_format, variant, size)
     try:
         response = await send_file(
-            current_service().storage.path(key),
+            path,
             mimetype=MEDIA_TYPES[output_format],
             as_attachment=True,
             attachment_filename=filename,
@@ -346,9 +356,43 @@ async def _send_output(
     # Quoted, as the seed service sent it (werkzeug leaves a plain token unquoted).
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     size = response.content_length if variant is not None else record.result_bytes
-    response.set_etag(f"{record.id}-{size}" if variant is None else f"{record.id}-{variant}-{size}")
-    response.headers["Cache-Control"] = "private, max-age=31536000, immutable"
+    response.set_etag(_etag(record, variant, size))
+    response.headers["Cache-Control"] = DOWNLOAD_CACHING
     return await response.make_conditional(request)
+
+
+async def _send_stored(
+    record: JobRecord, key: str, output_format: str, variant: str | None, size: int | None
+) -> Response:
+    """An output in an object store: 304 if the client has it, a redirect to a presigned
+    URL with DOWNLOAD_REDIRECT, else its bytes streamed through (no byte ranges)."""
+    service = current_service()
+    filename = key.rpartition("/")[2]
+    etag = _etag(record, variant, size)
+    if request.if_none_match.contains(etag):
+        response = Response(b"", status=304)
+    elif service.settings.download_redirect and (
+        url := service.storage.presigned_url(
+            key, filename=filename, media_type=MEDIA_TYPES[output_format]
+        )
+    ):
+        # The URL expires: the redirect itself must not be cached.
+        return Response(b"", status=302, headers={"Location": url, "Cache-Control": "no-store"})
+    else:
+        try:
+            blob = await service.storage.open(key)
+        except FileNotFoundError:
+            raise NotFound(f"the output of job {record.id} no longer exists") from None
+        response = Response(blob.chunks, mimetype=MEDIA_TYPES[output_format])
+        response.content_length = blob.size
+        response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = DOWNLOAD_CACHING
+    return response
+
+
+def _etag(record: JobRecord, variant: str | None, size: int | None) -> str:
+    return f"{record.id}-{size}" if variant is None else f"{record.id}-{variant}-{size}"
 
 
 @blueprint.get("/health")
@@ -395,6 +439,8 @@ async def resize_pool() -> Response:
     except msgspec.DecodeError as exc:
         raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
     service = current_service()
+    if service.settings.service_role == "api":
+        raise WrongNode("this node runs no workers (SERVICE_ROLE=api); resize a worker node's pool")
     service.pool.resize(resize.size)
     pool = service.pool.statistics()
     return json_response(PoolView(size=pool.size, busy_workers=pool.busy))

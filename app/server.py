@@ -46,6 +46,8 @@ RECEIVE_BYTES = 256 * 1024
 UPLOAD_PLACES = 2
 UPLOAD_MAX_WAIT_S = 2.0
 UPLOAD_IDLE_S = 0.1
+# What a worker node (SERVICE_ROLE=worker) answers; every other path is a 421.
+WORKER_NODE_PATHS = frozenset({"/health", "/metrics"})
 # hypercorn reads this many body messages ahead of the app: little for a waiting upload.
 APP_QUEUE_MESSAGES = 2
 
@@ -142,6 +144,16 @@ def create_app(settings: Settings | None = None) -> ImgJobsApp:
     async def stop_service() -> None:
         stop.set()
         await stopped.wait()
+
+    if settings.service_role == "worker":
+
+        @app.before_request
+        async def serve_worker_routes_only() -> None:
+            if request.path not in WORKER_NODE_PATHS:
+                raise errors.WrongNode(
+                    "this node only runs jobs (SERVICE_ROLE=worker) and serves /health and"
+                    " /metrics; send API requests to an API node"
+                )
 
     @app.errorhandler(errors.ServiceError)
     async def service_error(error: errors.ServiceError) -> Response:

@@ -17,12 +17,13 @@ from contextlib import AbstractContextManager as ContextManager
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import msgspec
 import trio
 
 from app.access import Access
+from app.backends import open_store, storage_for
 from app.delivery_store import DeliveryStore
 from app.errors import IdempotencyKeyReused, InvalidField, RequestTimeout, ServiceStopping
 from app.logs import log_event
@@ -31,9 +32,10 @@ from app.outputs import decode_results, encode_results, output_key, output_keys
 from app.queue import JobQueue, Slot
 from app.runner import ProcessRunner, WorkerSetup
 from app.settings import Settings
+from app.shared_queue import SharedQueue, SharedSlot
 from app.ssrf import ForbiddenDestination, Resolver, check_url, resolve_public, system_resolver
-from app.storage import LocalStorage
-from app.store import JobRecord, JobStore, open_job_store
+from app.storage import BlobStorage
+from app.store import JobDatabase, JobRecord, JobStore, SharedJobStore
 from app.submissions import (
     JobPlan,
     Order,
@@ -86,8 +88,8 @@ class Service:
         self,
         settings: Settings,
         store: JobStore,
-        storage: LocalStorage,
-        queue: JobQueue,
+        storage: BlobStorage,
+        queue: JobQueue | SharedQueue,
         pool: WorkerPool,
         metrics: Metrics,
         access: Access,
@@ -147,6 +149,7 @@ class Service:
         """
         order = parse_parameters(parameters, self.settings)
         job_id = self._new_job_id()
+        await self._count_waiting()
         with self._reserve(job_id, caller) as slot:
             temp = self.storage.temp_path(f"uploads/{job_id}")
             try:
@@ -231,6 +234,7 @@ class Service:
             return earlier
         await self._check_callback(plan)
         job_id = self._new_job_id()
+        await self._count_waiting()
         with self._reserve(job_id, caller) as slot:
             key = f"uploads/{job_id}.{extension_of(plan.source_format)}"
             await self.storage.write(key, data)
@@ -238,7 +242,13 @@ class Service:
                 return reused
             return await self._enqueue(slot, plan, key, len(data), caller, prints)
 
-    def _reserve(self, job_id: str, caller: Caller) -> ContextManager[Slot]:
+    async def _count_waiting(self) -> None:
+        """With a shared database, other nodes' jobs count against the queue's bound too:
+        read how many wait before reserving a place."""
+        if isinstance(self.queue, SharedQueue):
+            await self.queue.refresh()
+
+    def _reserve(self, job_id: str, caller: Caller) -> ContextManager[Slot | SharedSlot]:
         return self.queue.reserve_nowait(job_id, caller.owner, owner_limit=self.access.max_queued)
 
     async def _replay(self, caller: Caller, prints: _Prints) -> Accepted | None:
@@ -376,7 +386,7 @@ class Service:
 
     async def _enqueue(
         self,
-        slot: Slot,
+        slot: Slot | SharedSlot,
         plan: JobPlan,
         input_key: str,
         size: int,
@@ -447,17 +457,24 @@ def _replayed(earlier: JobRecord, prints: _Prints) -> Accepted:
 @asynccontextmanager
 async def open_service(settings: Settings) -> AsyncIterator[Service]:
     """Start everything the service needs; on exit, shut it down gracefully."""
-    storage = LocalStorage(settings.upload_dir, settings.output_dir)
+    storage = storage_for(settings)
     alone = await trio.to_thread.run_sync(storage.prepare)
-    async with open_job_store(settings.db_path) as store, trio.open_nursery() as nursery:
+    async with open_store(settings) as store, trio.open_nursery() as nursery:
         await clean_storage(storage, store, alone=alone)
-        queue = JobQueue(settings.queue_size, retry_after_s=settings.retry_after_s)
+        queue = _queue_for(settings, store)
         setup = WorkerSetup(memory_limit_bytes=settings.worker_memory_bytes)
+        runs_jobs = settings.service_role != "api"
         runner = ProcessRunner(settings.worker_pool_size, setup)
         metrics = Metrics()
-        pool = WorkerPool(settings, store, storage, queue, runner, metrics)
+        pool = WorkerPool(
+            settings, store, storage, queue, runner, metrics, size=None if runs_jobs else 0
+        )
         metrics.track(queue.statistics, pool.statistics)
         workers_done = trio.Event()
+        if isinstance(queue, SharedQueue):
+            shared = cast(SharedJobStore, store)
+            await nursery.start(shared.serve_notifications, partial(_notified, queue, pool))
+            nursery.start_soon(queue.refresh_counts)
 
         async def serve_pool() -> None:
             try:
@@ -465,11 +482,17 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             finally:
                 workers_done.set()
 
-        nursery.start_soon(serve_pool)
+        if runs_jobs:
+            nursery.start_soon(serve_pool)
+        else:
+            workers_done.set()
         recovered = await pool.requeue()
         log_event(
             "service.started",
-            pool_size=settings.worker_pool_size,
+            role=settings.service_role,
+            database="postgresql" if settings.database_url else "sqlite",
+            storage="s3" if settings.storage_url else "local",
+            pool_size=pool.statistics().size,
             queue_capacity=settings.queue_size,
             requeued_jobs=recovered,
         )
@@ -508,3 +531,18 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             nursery.cancel_scope.cancel()
             storage.close()
     log_event("service.stopped")
+
+
+def _queue_for(settings: Settings, store: JobDatabase) -> JobQueue | SharedQueue:
+    """The in-memory queue of one process, or with a shared database its pending rows."""
+    if settings.database_url is None:
+        return JobQueue(settings.queue_size, retry_after_s=settings.retry_after_s)
+    shared = cast(SharedJobStore, store)
+    return SharedQueue(shared, settings.queue_size, retry_after_s=settings.retry_after_s)
+
+
+def _notified(queue: SharedQueue, pool: WorkerPool, channel: str, job_id: str) -> None:
+    """A notification of the shared database: wake idle workers, or long-polls of the job."""
+    queue.notify(channel)
+    if channel == "imgjobs_changed" and job_id:
+        pool.announce(job_id)

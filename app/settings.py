@@ -86,6 +86,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_allow_private: bool = False
     # The first retry of a failed webhook comes after this; then doubling, at most an hour.
     webhook_retry_base_s: PositiveFloat = 5.0
+    # Scale-out. `postgresql://user:password@host/db`: jobs, their queue and webhooks in
+    # PostgreSQL, shared by every node (DB_PATH is then unused).
+    database_url: str | None = None
+    # `s3://bucket[/prefix]?endpoint=https://...&region=...`: uploads and outputs in an
+    # S3-compatible object store (credentials from the usual AWS_* variables); UPLOAD_DIR
+    # then only spools request bodies and worker files.
+    storage_url: str | None = None
+    # Downloads answer 302 to a presigned URL of the object store instead of streaming it.
+    download_redirect: bool = False
+    # all: API and workers (one machine); api: requests only, no image work; worker: jobs
+    # only (serves /health and /metrics).
+    service_role: Literal["all", "api", "worker"] = "all"
+    # With DATABASE_URL: a worker node renews its claims every third of this; a dead node's
+    # jobs are taken back by the others once it has passed.
+    lease_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
 
 
 # Environment variable -> field. The seed's six names come first and keep their spelling.
@@ -123,9 +138,16 @@ ENVIRONMENT: Mapping[str, str] = {
     "WEBHOOK_SECRET": "webhook_secret",
     "WEBHOOK_ALLOW_PRIVATE": "webhook_allow_private",
     "WEBHOOK_RETRY_BASE_S": "webhook_retry_base_s",
+    "DATABASE_URL": "database_url",
+    "STORAGE_URL": "storage_url",
+    "DOWNLOAD_REDIRECT": "download_redirect",
+    "SERVICE_ROLE": "service_role",
+    "LEASE_S": "lease_s",
 }
 # Never echoed in an error message.
-_SECRET_FIELDS = frozenset({"api_keys", "webhook_secret", "admin_token", "metrics_token"})
+_SECRET_FIELDS = frozenset(
+    {"api_keys", "webhook_secret", "admin_token", "metrics_token", "database_url"}
+)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -161,12 +183,32 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except (KeyListError, OSError) as exc:
         variable = "API_KEYS" if settings.api_keys else "API_KEYS_FILE"
         raise SettingsError(f"{variable} is invalid: {exc}") from None
+    _check_scale_out(settings)
     if settings.webhook_secret is not None:
         try:
             Signer(settings.webhook_secret)
         except ValueError as exc:
             raise SettingsError(f"WEBHOOK_SECRET is invalid: {exc}") from None
     return settings
+
+
+def _check_scale_out(settings: Settings) -> None:
+    if settings.service_role != "all" and settings.database_url is None:
+        raise SettingsError(
+            f"SERVICE_ROLE={settings.service_role} needs DATABASE_URL (PostgreSQL): API and"
+            " worker nodes share their queue through it"
+        )
+    if settings.database_url is not None and not settings.database_url.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise SettingsError("DATABASE_URL is invalid: it must be a postgresql:// URL")
+    if settings.storage_url is not None:
+        from app.s3 import parse_storage_url  # boto3 is loaded only when used
+
+        try:
+            parse_storage_url(settings.storage_url)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
 
 def api_keys(settings: Settings) -> list[ApiKey]:

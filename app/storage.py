@@ -13,33 +13,95 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
+
+import msgspec
 
 from app.errors import PayloadTooLarge, StorageFull
 from app.threads import Threads
 
-__all__ = ["TEMP_SUFFIX", "BlobStorage", "LocalStorage"]
+__all__ = ["TEMP_SUFFIX", "Blob", "BlobStorage", "LocalStorage"]
 
 T = TypeVar("T")
 
 TEMP_SUFFIX = ".tmp"
 WRITE_BUFFER_BYTES = 1024 * 1024
+READ_CHUNK_BYTES = 1024 * 1024
 # Threads for file operations: writes of different uploads and outputs overlap.
 FILE_THREADS = 4
 LOCK_NAME = ".imgjobs.lock"
 
 
-class BlobStorage(Protocol):
-    """Where job inputs and outputs live."""
+class Blob(msgspec.Struct, frozen=True):
+    """A stored file being read: its size and its bytes, a chunk at a time."""
 
-    def path(self, key: str) -> Path: ...
-    def temp_path(self, key: str) -> Path: ...
+    size: int
+    chunks: AsyncIterator[bytes]
+
+
+class BlobStorage(Protocol):
+    """Where job inputs and outputs live, by key (`uploads/<name>`, `outputs/<name>`).
+
+    Request bodies and worker outputs are written to local temporary files first (the
+    spool: `temp_path`, `receive`), then stored under their key (`commit`); a worker reads
+    its input from a local file (`local_file`).
+    """
+
+    #: Threads for blocking work (file and network I/O, parsing big bodies).
+    threads: Threads
+
+    def prepare(self) -> bool:
+        """Create what is missing; True if no other server shares the storage."""
+        ...
+
+    def close(self) -> None: ...
+    def temp_path(self, key: str) -> Path:
+        """A fresh local temporary file name for what will be stored under `key`."""
+        ...
+
+    async def receive(
+        self,
+        temp: Path,
+        chunks: AsyncIterable[bytes],
+        *,
+        limit: int,
+        then: Callable[[Path], T],
+    ) -> tuple[int, T]: ...
     async def write(self, key: str, data: bytes) -> None: ...
-    async def commit(self, temp: Path, key: str) -> None: ...
+    async def commit(self, temp: Path, key: str) -> None:
+        """Store the temporary file `temp` under `key` (and remove `temp`)."""
+        ...
+
+    async def copy(self, source: str, key: str) -> None:
+        """Store what `source` holds under `key` too; FileNotFoundError if it is gone."""
+        ...
+
     async def remove(self, *keys: str) -> None: ...
     async def discard(self, temp: Path) -> None: ...
+    def local_file(self, key: str) -> AbstractAsyncContextManager[Path]:
+        """A local file holding what `key` holds, for the block; FileNotFoundError if gone."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """Where `key` is on this machine's file system, if it is there (downloads are
+        then sent from the file); None for remote storage."""
+        ...
+
+    async def open(self, key: str) -> Blob:
+        """What `key` holds, streamed; FileNotFoundError if it is gone."""
+        ...
+
+    def presigned_url(self, key: str, *, filename: str, media_type: str) -> str | None:
+        """A URL that serves `key` for a while without credentials; None if the storage
+        has none (local folders)."""
+        ...
+
+    async def leftovers(self, *, older_than_s: float) -> tuple[list[Path], dict[str, list[str]]]:
+        """Temporary files, and every stored key by job id, last changed before the age."""
+        ...
 
 
 class LocalStorage:
@@ -79,8 +141,10 @@ class LocalStorage:
             self.threads.close()
             self._own_threads = False
 
-    def leftovers(self, *, older_than_s: float) -> tuple[list[Path], dict[str, list[str]]]:
-        """Temporary files, and every stored key by job id, last changed before the age."""
+    async def leftovers(self, *, older_than_s: float) -> tuple[list[Path], dict[str, list[str]]]:
+        return await self.threads.run(self._leftovers, older_than_s)
+
+    def _leftovers(self, older_than_s: float) -> tuple[list[Path], dict[str, list[str]]]:
         cutoff = time.time() - older_than_s
         temps: list[Path] = []
         keys: dict[str, list[str]] = {}
@@ -100,6 +164,28 @@ class LocalStorage:
         if area not in self._roots or not name or "/" in name or name.startswith("."):
             raise ValueError(f"not a storage key: {key!r}")
         return self._roots[area] / name
+
+    def local_path(self, key: str) -> Path:
+        return self.path(key)
+
+    @asynccontextmanager
+    async def local_file(self, key: str) -> AsyncIterator[Path]:
+        path = self.path(key)
+        if not await self.threads.run(path.is_file):
+            raise FileNotFoundError(key)
+        yield path
+
+    async def open(self, key: str) -> Blob:
+        file = await self.threads.run(open, self.path(key), "rb")
+        try:
+            size = os.fstat(file.fileno()).st_size
+        except BaseException:
+            file.close()
+            raise
+        return Blob(size, _read_chunks(self.threads, file))
+
+    def presigned_url(self, key: str, *, filename: str, media_type: str) -> None:
+        return None
 
     def temp_path(self, key: str) -> Path:
         final = self.path(key)
@@ -165,6 +251,14 @@ class LocalStorage:
     async def discard(self, temp: Path) -> None:
         """Remove a temporary file if it is still there (a failed or cancelled job's)."""
         await self.threads.run(_unlink_all, [temp])
+
+
+async def _read_chunks(threads: Threads, file: BinaryIO) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await threads.run(file.read, READ_CHUNK_BYTES):
+            yield chunk
+    finally:
+        file.close()
 
 
 def _write_atomic(temp: Path, final: Path, data: bytes) -> None:

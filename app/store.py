@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,11 +18,18 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from app.delivery_store import SqliteDeliveryStore
+from app.delivery_store import DeliveryStore, SqliteDeliveryStore
 from app.models import JobKind, JobStatus, OutputFormat
 from app.sqlite import SqliteThread, connect, connect_reader, transaction
 
-__all__ = ["JobRecord", "JobStore", "SqliteJobStore", "open_job_store"]
+__all__ = [
+    "JobDatabase",
+    "JobRecord",
+    "JobStore",
+    "SharedJobStore",
+    "SqliteJobStore",
+    "open_job_store",
+]
 
 
 class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +130,42 @@ class JobStore(Protocol):
     async def reusable(
         self, *, owner: str | None, input_sha256: bytes, spec: bytes
     ) -> JobRecord | None: ...
+
+
+class JobDatabase(JobStore, Protocol):
+    """A job store with the webhook deliveries owed beside it (what backends open)."""
+
+    @property
+    def deliveries(self) -> DeliveryStore: ...
+
+
+class SharedJobStore(JobDatabase, Protocol):
+    """A job database several nodes share as their queue (PostgreSQL): workers claim the
+    next runnable row themselves instead of taking ids from this process's memory."""
+
+    async def claim_next(self, *, owner: str, lease_s: float) -> JobRecord | None:
+        """Claim the next pending job, fairly across API keys (the key with the fewest
+        jobs processing first, then the oldest job); None when none is pending."""
+        ...
+
+    async def pending_by_owner(self) -> dict[str | None, int]:
+        """How many jobs are pending, per API key (None: without a key)."""
+        ...
+
+    async def renew(self, *, owner: str, lease_s: float) -> int:
+        """Extend the lease of every job `owner` holds; how many it holds."""
+        ...
+
+    async def serve_notifications(
+        self,
+        on_notify: Callable[[str, str], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call `on_notify(channel, job_id)` for every notification of another node (or
+        this one): `imgjobs_jobs` when a job became claimable, `imgjobs_changed` when a
+        job's status changed; `("imgjobs_jobs", "")` after a reconnection."""
+        ...
 
 
 class SqliteJobStore:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 
 import trio
 
@@ -16,8 +15,8 @@ from app.logs import log_event
 from app.metrics import Metrics
 from app.outputs import output_keys
 from app.settings import Settings
-from app.storage import LocalStorage
-from app.store import JobStore, SqliteJobStore
+from app.storage import BlobStorage
+from app.store import JobDatabase, JobStore
 from app.views import event_body
 from app.webhooks import Signer
 from app.workers import WorkerPool
@@ -40,11 +39,9 @@ async def sweep(pool: WorkerPool) -> None:
         await trio.sleep(SWEEP_INTERVAL_S)
 
 
-async def clean_storage(storage: LocalStorage, store: JobStore, *, alone: bool) -> None:
+async def clean_storage(storage: BlobStorage, store: JobStore, *, alone: bool) -> None:
     """Remove what crashes left: temporary files, and files of jobs that have no row."""
-    temps, keys = await trio.to_thread.run_sync(
-        partial(storage.leftovers, older_than_s=0 if alone else SHARED_LEFTOVER_AGE_S)
-    )
+    temps, keys = await storage.leftovers(older_than_s=0 if alone else SHARED_LEFTOVER_AGE_S)
     known = await store.existing(keys)
     orphans = [key for job_id, job_keys in keys.items() if job_id not in known for key in job_keys]
     await storage.remove(*orphans)
@@ -54,7 +51,7 @@ async def clean_storage(storage: LocalStorage, store: JobStore, *, alone: bool) 
         log_event("storage.cleaned", temp_files=len(temps), orphan_files=len(orphans))
 
 
-async def expire(store: JobStore, storage: LocalStorage, ttl_s: float) -> None:
+async def expire(store: JobStore, storage: BlobStorage, ttl_s: float) -> None:
     """Remove finished jobs older than JOB_TTL, files first, then rows."""
     while True:
         try:
@@ -68,7 +65,7 @@ async def expire(store: JobStore, storage: LocalStorage, ttl_s: float) -> None:
         await trio.sleep(min(max(ttl_s / 10, 1.0), 60.0))
 
 
-def deliverer_for(settings: Settings, store: SqliteJobStore, metrics: Metrics) -> Deliverer | None:
+def deliverer_for(settings: Settings, store: JobDatabase, metrics: Metrics) -> Deliverer | None:
     """The webhook delivery loop (none without WEBHOOK_SECRET: callbacks are refused)."""
     if settings.webhook_secret is None:
         return None

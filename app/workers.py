@@ -16,7 +16,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
+from pathlib import Path
+from typing import Protocol
 
 import anyio
 import msgspec
@@ -30,12 +32,12 @@ from app.outputs import VariantResult, document_of, encode_results, output_keys
 from app.queue import JobQueue
 from app.runner import Runner
 from app.settings import Settings
-from app.storage import BlobStorage
+from app.shared_queue import SharedQueue
 from app.store import JobRecord, JobStore
 from imaging.document import seed_steps
 from imaging.encode import resolve_format
 
-__all__ = ["PoolStatistics", "WorkerPool", "job_spec", "new_owner_id"]
+__all__ = ["PoolStatistics", "WorkerPool", "WorkerStorage", "job_spec", "new_owner_id"]
 
 # A claim outlives the job timeout by this much before another start may take the job over.
 LEASE_MARGIN_S = 30.0
@@ -104,6 +106,16 @@ def job_spec(record: JobRecord, settings: Settings) -> imaging.JobSpec:
     )
 
 
+class WorkerStorage(Protocol):
+    """What workers need of the blob storage (`app.storage.BlobStorage` has it all)."""
+
+    def temp_path(self, key: str) -> Path: ...
+    async def commit(self, temp: Path, key: str) -> None: ...
+    async def remove(self, *keys: str) -> None: ...
+    async def discard(self, temp: Path) -> None: ...
+    def local_file(self, key: str) -> AbstractAsyncContextManager[Path]: ...
+
+
 class _Worker:
     def __init__(self, number: int) -> None:
         self.number = number
@@ -121,10 +133,12 @@ class WorkerPool:
         self,
         settings: Settings,
         store: JobStore,
-        storage: BlobStorage,
-        queue: JobQueue,
+        storage: WorkerStorage,
+        queue: JobQueue | SharedQueue,
         runner: Runner,
         metrics: Metrics | None = None,
+        *,
+        size: int | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -134,7 +148,8 @@ class WorkerPool:
         # A pool without the service's metrics (a test's) counts into a registry nobody reads.
         self._metrics = Metrics() if metrics is None else metrics
         self.owner = new_owner_id()
-        self._target = settings.worker_pool_size
+        # An API node's pool runs no workers (size 0): it only follows jobs for long-polls.
+        self._target = settings.worker_pool_size if size is None else size
         self._workers: list[_Worker] = []
         self._numbers = iter(range(1, 1 << 62))
         self._nursery: trio.Nursery | None = None
@@ -164,7 +179,8 @@ class WorkerPool:
                 if self._finished.get(job_id) is event:
                     del self._finished[job_id]
 
-    def _announce(self, job_id: str) -> None:
+    def announce(self, job_id: str) -> None:
+        """`job_id`'s status changed (here, or on another node sharing the database)."""
         event = self._finished.pop(job_id, None)
         if event is not None:
             event.set()
@@ -172,15 +188,36 @@ class WorkerPool:
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(size=self._target, busy=sum(w.busy for w in self._workers))
 
+    @property
+    def lease_s(self) -> float:
+        """How long a claim holds: renewed while running on a shared database; else it
+        outlives the job timeout, after which another start may take the job over."""
+        if isinstance(self._queue, SharedQueue):
+            return self._settings.lease_s
+        return self._settings.job_timeout_s + LEASE_MARGIN_S
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the workers until `stop` has let them finish (or this task is cancelled)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            # Worker processes start (and import Pillow) now, not in the first jobs.
-            nursery.start_soon(self._runner.warm_up, "imaging.process")
-            self.resize(self._target)
-            task_status.started()
+        async with trio.open_nursery() as renewal:
+            if isinstance(self._queue, SharedQueue):
+                renewal.start_soon(self._renew_leases, self._queue)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                # Worker processes start (and import Pillow) now, not in the first jobs.
+                nursery.start_soon(self._runner.warm_up, "imaging.process")
+                self.resize(self._target)
+                task_status.started()
+            renewal.cancel_scope.cancel()  # every worker is done: no claim left to renew
         self._nursery = None
+
+    async def _renew_leases(self, queue: SharedQueue) -> None:
+        while True:
+            await trio.sleep(self.lease_s / 3)
+            if any(worker.busy for worker in self._workers):
+                try:
+                    await queue.renew(owner=self.owner, lease_s=self.lease_s)
+                except Exception:
+                    log_event("pool.renew_error", level=logging.ERROR, exc=True)
 
     def resize(self, size: int) -> None:
         """Grow or shrink to `size` workers; retiring workers finish their job first."""
@@ -222,26 +259,33 @@ class WorkerPool:
     async def _serve_worker(self, worker: _Worker) -> None:
         while not worker.retiring:
             with worker.idle_scope:
-                job_id = await self._queue.receive()
+                ticket = await self._queue.receive()
             if worker.idle_scope.cancelled_caught:
                 break
             worker.idle_scope = trio.CancelScope()
             worker.busy = True
-            worker.job_id = job_id
             try:
+                record = await self._claim(ticket)
+                if record is None:
+                    continue  # deleted, or claimed by another server first
+                worker.job_id = record.id
                 with trio.CancelScope() as worker.job_scope:
-                    await self._run_job(job_id)
+                    await self._run_job(record)
             finally:
                 worker.busy = False
                 worker.job_id = None
         self._workers.remove(worker)
 
-    async def _run_job(self, job_id: str) -> None:
-        lease_s = self._settings.job_timeout_s + LEASE_MARGIN_S
-        record = await self._store.claim(job_id, owner=self.owner, lease_s=lease_s)
-        if record is None:
-            return  # deleted, or claimed by another server process first
-        self._announce(job_id)  # pending -> processing, for those following the job
+    async def _claim(self, ticket: str | int) -> JobRecord | None:
+        """The job a worker takes: the queued id, or on a shared database the next job."""
+        if isinstance(ticket, str):
+            return await self._store.claim(ticket, owner=self.owner, lease_s=self.lease_s)
+        assert isinstance(self._queue, SharedQueue)
+        return await self._queue.claim(ticket, owner=self.owner, lease_s=self.lease_s)
+
+    async def _run_job(self, record: JobRecord) -> None:
+        job_id = record.id
+        self.announce(job_id)  # pending -> processing, for those following the job
         started = time.monotonic()
         log_event(
             "job.started",
@@ -311,7 +355,7 @@ class WorkerPool:
                 code=None if isinstance(outcome, dict) else outcome[0],
                 processing_s=time.monotonic() - started,
             )
-            self._announce(job_id)
+            self.announce(job_id)
             if record.callback_url is not None:
                 self.webhook_due()
         except trio.Cancelled:
@@ -334,12 +378,14 @@ class WorkerPool:
         self, record: JobRecord, temps: dict[str, str]
     ) -> dict[str, imaging.Result] | tuple[str, str]:
         spec = job_spec(record, self._settings)
-        source = str(self._storage.path(record.input_key))
         timeout = self._settings.job_timeout_s
         try:
-            async with self._runner.reserve() as slot:
+            async with (
+                self._storage.local_file(record.input_key) as source,
+                self._runner.reserve() as slot,
+            ):
                 with trio.fail_after(timeout):
-                    return await slot.run(imaging.process_variants, spec, source, temps)
+                    return await slot.run(imaging.process_variants, spec, str(source), temps)
         except trio.TooSlowError:
             return "timeout", f"processing took longer than the {timeout:g} s limit"
         except imaging.ImagingError as exc:
@@ -348,6 +394,8 @@ class WorkerPool:
             return "worker_crashed", "the worker process processing this image crashed"
         except MemoryError:
             return "out_of_memory", "the image needs more memory than a worker may use"
+        except FileNotFoundError:
+            return "input_missing", "the uploaded image is gone (deleted or expired)"
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return "storage_full", "no space left to store the output"
@@ -362,7 +410,11 @@ class WorkerPool:
         servers. Returns how many were queued; the rest wait for the next call."""
         if self._stopping:
             return 0
-        if exclude_dead_owners:
+        if isinstance(self._queue, SharedQueue):
+            # The rows are the queue: claims whose lease ran out (their node died, on this
+            # machine or another) go back to pending, and the other nodes are told.
+            await self._store.runnable(limit=0, exclude=())
+        elif exclude_dead_owners:
             await self._release_dead_owners()
         failed = await self._store.fail_exhausted(
             max_attempts=MAX_ATTEMPTS,
@@ -372,7 +424,7 @@ class WorkerPool:
             log_event("job.failed", level=logging.WARNING, job_id=job_id, code="interrupted")
             self._metrics.job_ended(code="interrupted")
         free = self._queue.free_slots()
-        if free <= 0:
+        if free <= 0 or isinstance(self._queue, SharedQueue):
             return 0
         runnable = await self._store.runnable(limit=free, exclude=self._queue.known_ids())
         queued = 0

@@ -1,14 +1,17 @@
-"""Shared fixtures: where the test corpus lives."""
+"""Shared fixtures: where the test corpus lives; the shared backends when asked for."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
 from bench.corpus import corpus_root
+from tests.backends import SHARED, open_shared_backends
 
 # CI runs the property tests on a fixed seed, so a run fails for a change, not for luck:
 # `.ci/run` picks this profile. `make test` elsewhere explores new examples on every run.
@@ -33,7 +36,16 @@ def corpus_files(folder: Path) -> list[Path]:
 
 
 def pytest_report_header() -> str:
-    return f"corpus: {CORPUS}"
+    backend = "PostgreSQL + S3 (RGW)" if SHARED else "SQLite + local folders"
+    return f"corpus: {CORPUS}; backends: {backend}"
+
+
+@pytest.fixture(scope="session", autouse=SHARED)
+def shared_backends() -> Iterator[None]:
+    """With IMGJOBS_BACKEND=shared: PostgreSQL and RGW for every test server."""
+    with ExitStack() as stack:
+        open_shared_backends(stack)
+        yield
 
 
 @pytest.fixture(scope="session")

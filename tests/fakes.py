@@ -234,8 +234,10 @@ class FakeStorage:
     def __init__(self) -> None:
         self.committed: list[str] = []
 
-    def path(self, key: str) -> Path:
-        return Path("/nonexistent") / key
+    @asynccontextmanager
+    async def local_file(self, key: str) -> AsyncIterator[Path]:
+        await trio.lowlevel.checkpoint()
+        yield Path("/nonexistent") / key
 
     def temp_path(self, key: str) -> Path:
         return Path("/nonexistent") / f"{key}.tmp"

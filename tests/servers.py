@@ -23,6 +23,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from app.application import ImgJobsApp
 from app.server import create_app, hypercorn_config
 from app.settings import Settings
+from tests.backends import shared_overrides
 from tests.conftest import GOOD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,7 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
         "worker_pool_size": 2,
         "max_upload_bytes": 32 * 1024 * 1024,
         "shutdown_grace_s": 10.0,
+        **shared_overrides(tmp),
     }
     values.update(overrides)
     return Settings(**values)
@@ -233,6 +235,16 @@ async def submit_slow(client: httpx.AsyncClient) -> str:
     return await submit(
         client, GOOD / "plasma__Patak__5120x2880.png", width=4000, height=2000, output_format="png"
     )
+
+
+async def wait_started(client: httpx.AsyncClient, job_id: str, *, timeout_s: float = 60) -> Any:
+    """Wait until a worker has taken the job (it is no longer pending); returns its JSON."""
+    with trio.fail_after(timeout_s):
+        while True:
+            job = (await client.get(f"/jobs/{job_id}")).json()
+            if job["status"] != "pending":
+                return job
+            await trio.sleep(0.005)
 
 
 async def wait_done(client: httpx.AsyncClient, job_id: str, *, timeout_s: float = 60) -> Any:

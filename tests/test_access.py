@@ -26,6 +26,7 @@ from tests.servers import (
     open_server,
     submit_slow,
     wait_done,
+    wait_started,
 )
 from tests.test_api import assert_problem as assert_message
 
@@ -152,7 +153,8 @@ async def test_a_key_over_its_queued_jobs_gets_429_and_other_keys_do_not(tmp_pat
         open_server(settings) as server,
         httpx.AsyncClient(base_url=server.url, headers=bearer(ALICE)) as client,
     ):
-        await submit_slow(client)  # keeps the one worker busy for a good second
+        slow = await submit_slow(client)  # keeps the one worker busy for a good second
+        await wait_started(client, slow)  # (not waiting itself: the limit counts waiting jobs)
         for _ in range(2):
             assert (await post_json(client, job_body(SMALL))).status_code == 202
         refused = await post_json(client, job_body(SMALL))

@@ -15,6 +15,7 @@ import pytest
 import trio
 from PIL import Image
 
+from tests.backends import stored_names
 from tests.conftest import BAD, GOOD
 from tests.servers import job_body, make_settings, open_server, submit, submit_slow, wait_done
 
@@ -314,7 +315,7 @@ async def test_a_full_queue_answers_503_and_creates_no_job(tmp_path: Path) -> No
         assert response.headers["retry-after"] == "3"
         assert body["code"] == "queue_full"
         assert await service.store.count() == 2
-        assert len([p for p in settings.upload_dir.iterdir() if not p.name.startswith(".")]) == 2
+        assert len(stored_names(tmp_path, "uploads")) == 2
         health = (await client.get("/health")).json()
         assert health["queue_depth"] == 2
         for job_id in accepted:
@@ -405,10 +406,7 @@ async def test_a_bad_wait_gets_400(client: httpx.AsyncClient, wait: str) -> None
 
 def stored_files(settings_dir: Path) -> list[str]:
     return sorted(
-        p.name
-        for area in ("uploads", "outputs")
-        for p in (settings_dir / area).iterdir()
-        if not p.name.startswith(".")
+        name for area in ("uploads", "outputs") for name in stored_names(settings_dir, area)
     )
 
 
@@ -459,6 +457,7 @@ async def test_finished_jobs_expire_after_the_ttl(tmp_path: Path) -> None:
         assert stored_files(tmp_path) == []
 
 
+@pytest.mark.embedded_only  # (leftover objects in S3: tests/test_s3_storage.py)
 async def test_start_up_removes_temporary_and_orphan_files(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     async with open_server(settings) as server, httpx.AsyncClient(base_url=server.url) as client:

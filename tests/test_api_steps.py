@@ -26,6 +26,7 @@ from PIL import Image
 
 from app.settings import Settings
 from imaging.document import Output, Step
+from tests.backends import stored_names
 from tests.conftest import BAD, GOOD, corpus_files
 from tests.servers import RunningServer, job_body, make_settings, open_server
 
@@ -234,6 +235,8 @@ async def assert_nothing_created(api: Api) -> None:
     assert (health["queue_depth"], health["busy_workers"]) == (0, 0)
     for folder in (api.settings.upload_dir, api.settings.output_dir):
         assert [p.name for p in folder.iterdir() if p.name != ".imgjobs.lock"] == []
+    for area in ("uploads", "outputs"):  # (with S3, the bucket too)
+        assert stored_names(api.settings.upload_dir.parent, area) == []
 
 
 def displayed(image: Path | bytes) -> tuple[int, int]:

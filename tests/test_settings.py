@@ -66,6 +66,11 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "WEBHOOK_SECRET": SECRET,
         "WEBHOOK_ALLOW_PRIVATE": "true",
         "WEBHOOK_RETRY_BASE_S": "0.5",
+        "DATABASE_URL": "postgresql://imgjobs:pw-0123@db.internal/imgjobs",
+        "STORAGE_URL": "s3://photos/jobs?endpoint=http://127.0.0.1:7480",
+        "DOWNLOAD_REDIRECT": "true",
+        "SERVICE_ROLE": "api",
+        "LEASE_S": "12",
     }
     assert set(environ) == set(ENVIRONMENT)
     settings = load_settings(environ)
@@ -103,6 +108,11 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         webhook_secret=SECRET,
         webhook_allow_private=True,
         webhook_retry_base_s=0.5,
+        database_url="postgresql://imgjobs:pw-0123@db.internal/imgjobs",
+        storage_url="s3://photos/jobs?endpoint=http://127.0.0.1:7480",
+        download_redirect=True,
+        service_role="api",
+        lease_s=12,
     )
     assert [key.name for key in api_keys(settings)] == ["alice", "bob", "carol"]
 
@@ -131,6 +141,27 @@ def test_bad_keys_and_webhook_settings_fail_fast_without_echoing_secrets(
     for value in environ.values():
         if "secret" in value or value.startswith("whsec_") or ":" in value:
             assert value not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SERVICE_ROLE": "worker"}, "SERVICE_ROLE=worker needs DATABASE_URL (PostgreSQL)"),
+        ({"SERVICE_ROLE": "api"}, "SERVICE_ROLE=api needs DATABASE_URL (PostgreSQL)"),
+        ({"SERVICE_ROLE": "both"}, "SERVICE_ROLE='both' is invalid"),
+        ({"DATABASE_URL": "mysql://u:hunter2-pw@db/x"}, "DATABASE_URL is invalid"),
+        ({"DATABASE_URL": "postgresql://u:hunter2-pw@db/x", "LEASE_S": "0.1"}, "LEASE_S"),
+        ({"STORAGE_URL": "gs://bucket"}, "STORAGE_URL"),
+        ({"STORAGE_URL": "s3://"}, "STORAGE_URL"),
+    ],
+)
+def test_bad_scale_out_settings_fail_fast_without_echoing_passwords(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ)
+    assert message in str(caught.value)
+    assert "hunter2" not in str(caught.value)
 
 
 def test_a_watermark_path_that_is_not_a_file_fails_fast(tmp_path: Path) -> None:

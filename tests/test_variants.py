@@ -15,6 +15,7 @@ from PIL import Image
 
 from imaging import Document, JobSpec, Rendition, codec, process_variants
 from imaging.geometry import CropOutsideImage
+from tests.backends import stored_names
 from tests.conftest import GOOD
 from tests.servers import make_settings, open_server
 from tests.test_api import assert_problem
@@ -152,10 +153,10 @@ async def test_each_variant_is_listed_and_downloads_with_its_type_length_and_eta
     # No default variant: /download says which there are.
     assert_problem(await client.get(f"/jobs/{job_id}/download"), 404, "large, small, thumb")
     assert_problem(await client.get(f"/jobs/{job_id}/variants/nope"), 404, "'nope'", "thumb")
-    outputs = sorted(p.name for p in (tmp_path / "outputs").iterdir())
+    outputs = stored_names(tmp_path, "outputs")
     assert outputs == sorted(f"{job_id}.{n}.{'png' if n == 'small' else 'jpg'}" for n in VARIANTS)
     assert (await client.delete(f"/jobs/{job_id}")).status_code == 204
-    assert not any((tmp_path / "outputs").iterdir())
+    assert not stored_names(tmp_path, "outputs")
 
 
 async def test_top_level_steps_are_the_default_variant_and_download_serves_it(
@@ -201,7 +202,7 @@ async def test_a_failing_variant_fails_the_job_naming_it(
     assert view["status"] == "failed"
     assert view["error"]["code"] == "crop_outside_image"
     assert view["error"]["message"].startswith("variant 'cut': ")
-    assert not any((tmp_path / "outputs").iterdir())
+    assert not stored_names(tmp_path, "outputs")
 
 
 @pytest.mark.parametrize(
@@ -288,7 +289,7 @@ async def test_an_unreachable_max_bytes_fails_the_job_naming_the_variant(
     assert view["status"] == "failed"
     assert view["error"]["code"] == "max_bytes_unreachable"
     assert view["error"]["message"].startswith("variant 'tiny': ")
-    assert not any((tmp_path / "outputs").iterdir())
+    assert not stored_names(tmp_path, "outputs")
 
 
 async def test_an_animated_gif_stays_animated_over_http(client: httpx.AsyncClient) -> None:
