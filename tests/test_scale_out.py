@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import trio
 from PIL import Image
@@ -20,7 +21,7 @@ from PIL import Image
 from tests.conftest import GOOD
 from tests.pg_server import postgres_server, postgres_url  # noqa: F401 - fixtures
 from tests.rgw_server import RgwServer, rgw_server  # noqa: F401 - fixture
-from tests.servers import ServerProcess, environment, make_settings
+from tests.servers import ServerProcess, environment, make_settings, open_server
 
 PHOTO = (GOOD / "plasma__Grey__2560x1600.jpg").read_bytes()  # 2560x1600, ~0.1 s a job
 PARAMS = {"operation": "resize", "width": "1280", "height": "800", "output_format": "png"}
@@ -205,3 +206,58 @@ async def test_a_backend_that_cannot_be_used_stops_start_up_with_its_reason(
     assert last.startswith("imgjobs: cannot start:"), last
     assert reason in last
     assert "hunter2" not in result.stderr.decode()
+
+
+async def test_downloads_stream_from_s3_or_redirect_to_a_presigned_url(
+    tmp_path: Path,
+    postgres_url: str,  # noqa: F811 - the fixture
+    bucket_url: str,
+    rgw_server: RgwServer,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in aws_environment(rgw_server).items():
+        monkeypatch.setenv(name, value)
+    settings = make_settings(
+        tmp_path, database_url=postgres_url, storage_url=bucket_url, download_redirect=True
+    )
+    async with open_server(settings) as server, httpx.AsyncClient(base_url=server.url) as client:
+        response = await client.post(
+            "/jobs",
+            params=PARAMS | {"wait": "30"},
+            content=PHOTO,
+            headers={"Content-Type": "image/jpeg"},
+        )
+        assert response.status_code == 201, response.text
+        job = response.json()
+
+        redirect = await client.get(f"/jobs/{job['id']}/download")
+        assert redirect.status_code == 302
+        assert redirect.headers["Cache-Control"] == "no-store"
+        location = redirect.headers["Location"]
+        assert location.startswith(rgw_server.endpoint)
+        async with httpx.AsyncClient() as anyone:  # no credentials: the URL carries them
+            fetched = await anyone.get(location)
+        assert fetched.status_code == 200
+        assert fetched.headers["Content-Type"] == "image/png"
+        assert f'filename="{job["id"]}.png"' in fetched.headers["Content-Disposition"]
+        with Image.open(io.BytesIO(fetched.content)) as image:
+            assert image.size == (1280, 800)
+
+        # Asked again with the ETag it had: 304 without a redirect or a read of the store.
+        etag = f'"{job["id"]}-{job["result_bytes"]}"'
+        again = await client.get(f"/jobs/{job['id']}/download", headers={"If-None-Match": etag})
+        assert again.status_code == 304
+
+        # Without DOWNLOAD_REDIRECT the node streams the object itself.
+        server.app.service.settings = msgspec.structs.replace(settings, download_redirect=False)
+        streamed = await client.get(f"/jobs/{job['id']}/download")
+        assert streamed.status_code == 200
+        assert streamed.content == fetched.content
+        assert streamed.headers["Content-Length"] == str(len(fetched.content))
+        assert streamed.headers["ETag"] == etag
+
+        # An output gone from the bucket is a 404 naming the job, not a 500.
+        await server.app.service.storage.remove(f"outputs/{job['id']}.png")
+        gone = await client.get(f"/jobs/{job['id']}/download")
+        assert gone.status_code == 404
+        assert "no longer exists" in gone.json()["detail"]
