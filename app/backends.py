@@ -24,7 +24,7 @@ async def open_store(settings: Settings) -> AsyncIterator[JobDatabase]:
         async with open_job_store(settings.db_path) as store:
             yield store
         return
-    from app.postgres import open_postgres_store  # psycopg is loaded only when used
+    from app.postgres_store import open_postgres_store  # psycopg is loaded only when used
 
     async with open_postgres_store(settings.database_url) as shared:
         yield shared

@@ -4,6 +4,7 @@ database's clock, migrations by several nodes at once, notifications."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -11,14 +12,8 @@ import psycopg
 import pytest
 import trio
 
-from app.postgres import (
-    CHANGED,
-    CLAIMABLE,
-    MIGRATIONS,
-    DatabaseUnavailable,
-    PostgresJobStore,
-    open_postgres_store,
-)
+from app.postgres import CHANGED, CLAIMABLE, MIGRATIONS, DatabaseUnavailable, _listening
+from app.postgres_store import PostgresJobStore, open_postgres_store
 from app.store import JobRecord, SharedJobStore
 from tests.fakes import record
 from tests.pg_server import free_port, postgres_server, postgres_url  # noqa: F401
@@ -488,6 +483,31 @@ async def test_a_lost_listening_connection_comes_back_and_says_so(
         await store.insert(record("after"))
         await heard.wait_for(CLAIMABLE, "after")
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("query", "idle_s"), [("", 20), ("?keepalives_idle=7", 7)], ids=["default", "url"]
+)
+async def test_the_listening_connection_probes_a_silent_network(
+    postgres_url: str,  # noqa: F811
+    query: str,
+    idle_s: int,
+) -> None:
+    conn = await _listening(postgres_url + query)
+    try:
+        with socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM) as sock:
+            options = [
+                sock.getsockopt(level, option)
+                for level, option in [
+                    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                ]
+            ]
+    finally:
+        conn.close()
+    assert options == [1, idle_s, 5, 4]  # a dropped network fails it within about a minute
 
 
 async def test_deliveries_are_claimed_recorded_and_released(store: PostgresJobStore) -> None:
