@@ -110,6 +110,18 @@ bench-floor: $(STAMP)
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead $(BENCH_ARGS)
 
+# The seed's API path: 50 base64 JSON jobs polled with plain GETs, pool 2, vs the ceiling.
+# Before/after: BENCH_ARGS="--app-root before=<worktree of the old commit> --app-root after=."
+.PHONY: bench-seed
+bench-seed: $(STAMP)
+	$(BIN)/python -m bench.seed_api $(BENCH_ARGS)
+
+# Jobs/s and CPU per job with 1 and 2 worker nodes on PostgreSQL + S3 (RGW) against the
+# embedded service; the scale-out backends come from system-test.
+.PHONY: bench-scale-out
+bench-scale-out: $(STAMP) corpus system-test
+	$(BIN)/python -m bench.scale_out $(BENCH_ARGS)
+
 # Stock Pillow (pinned) in a venv of its own, never in $(VENV): the ceiling under both.
 bench-pillow: $(STAMP)
 	@test -f .venv-stock-pillow/.installed || { \

@@ -1,8 +1,9 @@
 """A PNG chart of a pool-size run, drawn with PIL.ImageDraw (no plotting library needed).
 
-Left: jobs/s against pool size, one line per workload, its ceiling at the core count as a
-dashed line of the same colour. Right: end-to-end p95 latency against pool size. Both
-y axes are logarithmic, since a 1x1 PNG and a 16 MB JPEG differ by two orders of magnitude.
+Left: jobs/s against pool size, one line per workload (and source tree), its ceiling at the
+core count as a dashed line of the same colour. Right: end-to-end p95 latency against pool
+size. Both y axes are logarithmic, since a 1x1 PNG and a 16 MB JPEG differ by two orders of
+magnitude.
 """
 
 from __future__ import annotations
@@ -118,15 +119,15 @@ def draw_chart(points: Sequence[PoolPoint], path: Path, *, title: str) -> Path:
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     pool_sizes = sorted({p.pool_size for p in points})
-    names = list(dict.fromkeys(p.workload for p in points))
+    names = list(dict.fromkeys(p.label for p in points))
 
     def series(value: Callable[[PoolPoint], float]) -> dict[str, list[tuple[int, float]]]:
         return {
-            name: [(p.pool_size, value(p)) for p in points if p.workload == name] for name in names
+            name: [(p.pool_size, value(p)) for p in points if p.label == name] for name in names
         }
 
     ceilings = {
-        name: max(p.ceiling_images_per_s for p in points if p.workload == name) for name in names
+        name: max(p.ceiling_images_per_s for p in points if p.label == name) for name in names
     }
     panel = (WIDTH - MARGIN_LEFT - GAP - 40) // 2
     draw.text((MARGIN_LEFT, 12), title, fill=INK, font=_font(16))

@@ -2,8 +2,11 @@
 
 Each job is one task: ``POST /jobs`` (JSON with base64, a raw ``image/*`` body, or a
 multipart form), then ``GET /jobs/{id}?wait=30`` until the job is completed or failed
-(long-poll, never a tight loop). Alongside, ``serve_probes`` calls ``GET /health`` and
-``GET /jobs/{id}`` every ~50 ms to see how the API answers under that load, and
+(long-poll, never a tight loop), and with ``download=True`` then ``GET /jobs/{id}/download``
+on the same connection, the whole body read, before the job counts as done (what a user
+does; an image server's one GET returns the image). Alongside, ``serve_probes`` calls
+``GET /health`` and ``GET /jobs/{id}`` every ~50 ms to see how the API answers under that
+load, and
 ``serve_submit_probes`` uploads a 1 MB JPEG every 500 ms (then deletes the job) once all the
 batch's POSTs are answered: the submit latency under full load, apart from the burst's own.
 Probes and jobs (but multipart forms) use ``bench.http.LeanConnection``: httpx would cost
@@ -115,6 +118,7 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True):
     result_width: int | None = None
     result_height: int | None = None
     dropped_polls: int = 0  # long-polls the server closed without an answer
+    downloaded_bytes: int = 0  # the result's body, when the batch downloads it
 
 
 class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,17 +173,20 @@ async def run_job(
     t0: float,
     ids: list[str],
     on_submitted: Callable[[], None],
+    *,
+    download: bool = False,
 ) -> JobResult:
     """Submit one job and long-poll it to the end (on a lean connection of its own,
-    except for multipart forms, which go through httpx).
+    except for multipart forms, which go through httpx); with ``download``, then read its
+    result, which counts in ``e2e_ms``.
 
     ``on_submitted`` is called once the POST is over, whether it was accepted or not.
     """
     if payload.upload == "multipart":
-        return await _run_job(client, payload, t0, ids, on_submitted)
+        return await _run_job(client, payload, t0, ids, on_submitted, download)
     connection = LeanConnection(str(client.base_url))
     try:
-        return await _run_job(connection, payload, t0, ids, on_submitted)
+        return await _run_job(connection, payload, t0, ids, on_submitted, download)
     finally:
         await connection.aclose()
 
@@ -190,6 +197,7 @@ async def _run_job(
     t0: float,
     ids: list[str],
     on_submitted: Callable[[], None],
+    download: bool,
 ) -> JobResult:
     started = time.perf_counter()
     try:
@@ -216,20 +224,40 @@ async def _run_job(
         view = polled.json()
         if view.get("status") in TERMINAL:
             break
-    done = time.perf_counter()
     status = str(view.get("status", "unknown"))
+    status = status if status in TERMINAL else f"stuck-{status}"
     problem: dict[str, Any] = view.get("error") or {}
+    error = f"{problem.get('code')}: {problem.get('message')}" if problem else ""
+    downloaded = 0
+    if download and status == "completed":
+        downloaded, failure = await _download(client, job_id)
+        if failure:
+            status, error = "download-failed", failure
+    done = time.perf_counter()
     return JobResult(
         job_id=job_id,
-        status=status if status in TERMINAL else f"stuck-{status}",
+        status=status,
         submit_ms=submit_ms,
         e2e_ms=(done - started) * 1000,
         done_s=done - t0,
-        error=f"{problem.get('code')}: {problem.get('message')}" if problem else "",
+        error=error,
         result_width=view.get("result_width"),
         result_height=view.get("result_height"),
         dropped_polls=dropped,
+        downloaded_bytes=downloaded,
     )
+
+
+async def _download(client: httpx.AsyncClient | LeanConnection, job_id: str) -> tuple[int, str]:
+    """``GET /jobs/{id}/download``, the whole body read: (its length, "" or what went wrong)."""
+    path = f"/jobs/{job_id}/download"
+    try:
+        response = await _get(client, path, {})
+    except (httpx.HTTPError, OSError, trio.BrokenResourceError) as exc:
+        return 0, f"GET {path}: {exc!r}"
+    if response.status_code != 200 or not response.content:
+        return 0, f"GET {path} answered {response.status_code}: {response.content[:200]!r}"
+    return len(response.content), ""
 
 
 async def _post_job(
@@ -266,8 +294,10 @@ async def run_batch(
     ids: list[str] | None = None,
     on_done: Callable[[JobResult], None] | None = None,
     submitted: trio.Event | None = None,
+    download: bool = False,
 ) -> BatchResult:
-    """``count`` jobs at once, each submitted and then waited for by its own task.
+    """``count`` jobs at once, each submitted and then waited for by its own task (and
+    with ``download``, its result read in full before it counts as done).
 
     ``submitted`` is set once every POST is over (answered, or failed): from then on the
     queue holds the backlog and no more uploads of the batch compete with a probe's.
@@ -284,7 +314,7 @@ async def run_batch(
             submitted.set()
 
     async def one() -> None:
-        result = await run_job(client, payload, t0, known, one_submitted)
+        result = await run_job(client, payload, t0, known, one_submitted, download=download)
         results.append(result)
         if on_done is not None:
             on_done(result)

@@ -50,10 +50,20 @@ from bench.machine import Machine, describe_machine, summary_line
 from bench.procs import Quiet, add_quiet_options, own_cpu_s, wait_for_quiet
 from bench.report import results_dir, source_revision, stamp, write_json
 from bench.server import ServerConfig, open_server
-from bench.stats import Progress, ratio
+from bench.stats import Progress, Spread, ratio, spread
 from bench.workloads import WORKLOADS, Workload, corpus_dir, source_bytes
 
-__all__ = ["FORMS", "SIZES", "OverheadReport", "main", "markdown", "parse_options", "run"]
+__all__ = [
+    "FORMS",
+    "SIZES",
+    "OverheadReport",
+    "Spread",  # from bench.stats, where it lives; kept importable from here
+    "main",
+    "markdown",
+    "parse_options",
+    "run",
+    "spread",
+]
 
 FORMS: tuple[Upload, ...] = ("raw", "multipart", "json")
 # Thumbnails: cheap for the workers, so the figures are about the server.
@@ -71,22 +81,6 @@ T = TypeVar("T")
 
 class OverheadError(Exception):
     """A server answered a request of the benchmark other than as it should."""
-
-
-class Spread(msgspec.Struct, frozen=True, kw_only=True):
-    """The median and range of a few measurements."""
-
-    median: float
-    low: float
-    high: float
-
-    def cell(self, digits: int = 2) -> str:
-        return f"{self.median:.{digits}f} [{self.low:.{digits}f}-{self.high:.{digits}f}]"
-
-
-def spread(values: Sequence[float]) -> Spread:
-    low, high = round(min(values), 4), round(max(values), 4)
-    return Spread(median=round(statistics.median(values), 4), low=low, high=high)
 
 
 def multipart_body(fields: dict[str, str], image: bytes, media_type: str) -> tuple[bytes, str]:

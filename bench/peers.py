@@ -11,16 +11,30 @@ baseline like imgjobs. N concurrent ``GET``s are round-robined over the instance
   output size, less image resampled): ``--thumbor-resize crop`` measures that instead.
 - imgjobs ``thumbnail WxH`` (fit inside, never enlarged) -> ``/unsafe/fit-in/WxH/F``.
 
-imgjobs is measured right after on a fresh server with pool size = cores, the same N, and
-a raw upload (it has to receive the image; thumbor reads a local file). Also shown: the
-in-process ceiling at the core count and the PSNR of both outputs (as served) against
-full decode + LANCZOS. Each measurement first waits (at most ``--quiet-wait-s``) for the
-shared machine to be below ``--quiet-below`` % busy. Writes ``bench/results/peers-<time>.json``.
+imgjobs is measured on a fresh server per batch with pool size = cores, the same N, and a
+raw upload (it has to receive the image; thumbor reads a local file). **imgjobs' cycle
+includes the download**: each job is ``POST /jobs``, ``GET /jobs/{id}?wait=30`` until it
+ends, then ``GET /jobs/{id}/download`` with the whole result read on the same connection,
+and only then counts as done (what a user does; thumbor's one GET returns the image). No
+API probes run beside imgjobs' batches (``bench.pool_sizes``' status, health and 1 MB
+submit probes would be extra work thumbor does not get); ``--probes`` adds them.
+
+Each workload gets ``--repeats`` rounds; a round is one thumbor batch and one imgjobs batch
+per source tree (``--app-root label=path``, repeatable, e.g. a ``git worktree`` of an older
+commit for "before"; default this checkout; see ``bench.server``), in the order thumbor,
+trees... on even rounds and reversed on odd ones, so slow drifts of the shared machine hit
+all alike. Per workload and tree: jobs/s medians [min-max] over rounds, the ratio of the
+medians, and the pair ratios [min-max] (each imgjobs batch to the thumbor batch of its
+round). Also shown: the in-process ceiling at the core count (once per workload) and the
+PSNR of both outputs (as served) against full decode + LANCZOS. Each measurement first
+waits (at most ``--quiet-wait-s``) for the shared machine to be below ``--quiet-below`` %
+busy. Writes ``bench/results/peers-<time>.json``.
 
 Run from the project root::
 
     make bench-peers                      # builds .venv-thumbor (thumbor 7.8.0), runs this
     python -m bench.peers --thumbor .venv-thumbor/bin/thumbor [--jobs 50] [--workload W]...
+    python -m bench.peers --app-root before=/tmp/imgjobs-old --app-root after=. --repeats 3
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import argparse
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +62,8 @@ from bench.machine import Machine, describe_machine, summary_line
 from bench.procs import Quiet, process_cpu_s, process_memory_mib, wait_for_quiet
 from bench.report import PoolPoint, results_dir, source_revision, stamp, write_json
 from bench.runs import BATCH_DEADLINE_S, measure_service
-from bench.stats import Progress, Summary, ratio, summarize
+from bench.server import ROOT, AppTree, parse_app_tree
+from bench.stats import Progress, Spread, Summary, ratio, spread, summarize
 from bench.workloads import (
     DEFAULT_WORKLOADS,
     WORKLOADS,
@@ -58,7 +74,7 @@ from bench.workloads import (
     source_path,
 )
 
-__all__ = ["PeerPoint", "main", "thumbor_path"]
+__all__ = ["PeerPoint", "PeerReport", "TreePoint", "main", "thumbor_path"]
 
 START_DEADLINE_S = 60.0
 CONFIG = """\
@@ -90,21 +106,36 @@ class ThumborRun(msgspec.Struct, frozen=True, kw_only=True):
     psnr_db: float
 
 
+class TreePoint(msgspec.Struct, frozen=True, kw_only=True):
+    """imgjobs from one source tree on one workload, over the rounds."""
+
+    tree: str  # its label
+    source: str  # its commit, and whether app/ or imaging/ had changes on top
+    imgjobs: PoolPoint  # the median round; runs_jobs_per_s holds every round's jobs/s
+    jobs_per_s: Spread
+    psnr_db: float
+    over_thumbor: float  # ratio of the medians
+    pair_ratios: Spread  # each round's imgjobs batch to that round's thumbor batch
+
+
 class PeerPoint(msgspec.Struct, frozen=True, kw_only=True):
     workload: str
     job: str
-    imgjobs: PoolPoint
-    imgjobs_psnr_db: float
-    thumbor: ThumborRun
+    thumbor: ThumborRun  # the median round
+    thumbor_jobs_per_s: Spread
+    thumbor_runs: list[ThumborRun]
     ceiling_images_per_s: float
-    imgjobs_over_thumbor: float
+    trees: list[TreePoint]
 
 
 class PeerReport(msgspec.Struct, frozen=True, kw_only=True):
-    source: str
+    source: str  # the bench code's checkout
     machine: Machine
     thumbor_version: str
     jobs: int
+    repeats: int
+    imgjobs_downloads: bool
+    imgjobs_probes: bool
     ceiling: list[CeilingPoint]
     points: list[PeerPoint]
 
@@ -238,18 +269,113 @@ def _scratch_root(folder: Path, workloads: Sequence[Workload], corpus: Path) -> 
 
 def table(report: PeerReport) -> str:
     lines = [
-        "| workload | job | thumbor URL | imgjobs jobs/s | thumbor jobs/s | imgjobs / thumbor"
-        " | ceiling img/s | latency p50 ms imgjobs / thumbor | PSNR dB imgjobs / thumbor |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|",
+        "| workload | job | imgjobs tree | imgjobs jobs/s | thumbor jobs/s | imgjobs / thumbor"
+        " | pair ratios | ceiling img/s | latency p50 ms imgjobs / thumbor"
+        " | PSNR dB imgjobs / thumbor |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in report.points:
-        lines.append(
-            f"| {p.workload} | {p.job} | `{p.thumbor.url}` | {p.imgjobs.jobs_per_s:.1f}"
-            f" | {p.thumbor.jobs_per_s:.1f} | {p.imgjobs_over_thumbor:.2f}x"
-            f" | {p.ceiling_images_per_s:.1f} | {p.imgjobs.e2e_ms.p50:.0f} /"
-            f" {p.thumbor.latency_ms.p50:.0f} | {p.imgjobs_psnr_db:.1f} / {p.thumbor.psnr_db:.1f} |"
-        )
+        for t in p.trees:
+            lines.append(
+                f"| {p.workload} | {p.job} | {t.tree} | {t.jobs_per_s.cell(1)}"
+                f" | {p.thumbor_jobs_per_s.cell(1)} | {t.over_thumbor:.2f}x"
+                f" | {t.pair_ratios.low:.2f}-{t.pair_ratios.high:.2f}x"
+                f" | {p.ceiling_images_per_s:.1f} | {t.imgjobs.e2e_ms.p50:.0f} /"
+                f" {p.thumbor.latency_ms.p50:.0f} | {t.psnr_db:.1f} / {p.thumbor.psnr_db:.1f} |"
+            )
+    urls = {p.workload: p.thumbor.url for p in report.points}
+    lines += ["", "thumbor URLs: " + ", ".join(f"{w} `{u}`" for w, u in urls.items())]
     return "\n".join(lines)
+
+
+def _median_index(values: Sequence[float]) -> int:
+    """The index of the median value (the lower one of an even count)."""
+    ranked = sorted(range(len(values)), key=lambda i: values[i])
+    return ranked[(len(ranked) - 1) // 2]
+
+
+async def run_workload(
+    args: argparse.Namespace,
+    workload: Workload,
+    root: Path,
+    ceiling: list[CeilingPoint],
+    progress: Progress,
+) -> PeerPoint:
+    """``args.repeats`` rounds of thumbor and every tree, alternating the order."""
+    cores = len(os.sched_getaffinity(0))
+    data = source_bytes(workload, args.corpus)
+    quiet = Quiet(below_pct=args.quiet_below, max_wait_s=args.quiet_wait_s)
+    trees: list[AppTree] = args.app_root
+    thumbor_runs: list[ThumborRun] = []
+    runs: dict[str, list[PoolPoint]] = {tree.label: [] for tree in trees}
+    psnr: dict[str, float] = {}
+
+    async def settle() -> None:
+        if quiet.max_wait_s > 0:
+            await trio.to_thread.run_sync(wait_for_quiet, quiet)
+
+    for round_number in range(args.repeats):
+        order: list[AppTree | None] = [None, *trees]
+        for tree in order if round_number % 2 == 0 else order[::-1]:
+            await settle()
+            if tree is None:
+                progress.step(f"{workload.name}: thumbor x{cores}")
+                thumbor = await measure_thumbor(
+                    args.thumbor, root, workload, data, args.jobs, args.thumbor_resize
+                )
+                thumbor_runs.append(thumbor)
+                progress.finish_step(f"{thumbor.jobs_per_s:.1f} jobs/s")
+                continue
+            progress.step(f"{workload.name}: imgjobs {tree.label} pool {cores}", args.jobs)
+            point, outputs = await measure_service(
+                workload,
+                data,
+                pool_size=cores,
+                jobs=args.jobs,
+                upload="raw",
+                ceiling=ceiling,
+                cores=cores,
+                on_done=lambda _job: progress.advance(),
+                keep_outputs=tree.label not in psnr,
+                download=True,
+                app_root=tree.root,
+                probes=args.probes,
+            )
+            runs[tree.label].append(point)
+            if outputs:
+                psnr[tree.label] = round(reference_psnr(workload, data, outputs[0]), 2)
+            progress.finish_step(f"{point.jobs_per_s:.1f} jobs/s, {point.failures} failures")
+    thumbor_rates = [run.jobs_per_s for run in thumbor_runs]
+    points = []
+    for tree in trees:
+        rates = [run.jobs_per_s for run in runs[tree.label]]
+        median = runs[tree.label][_median_index(rates)]
+        if len(rates) > 1:
+            median = msgspec.structs.replace(median, runs_jobs_per_s=rates)
+        points.append(
+            TreePoint(
+                tree=tree.label,
+                source=source_revision(Path(tree.root)),
+                imgjobs=median,
+                jobs_per_s=spread(rates),
+                psnr_db=psnr.get(tree.label, math.nan),
+                over_thumbor=round(
+                    ratio(statistics.median(rates), statistics.median(thumbor_rates)), 3
+                ),
+                pair_ratios=spread(
+                    [ratio(a, b) for a, b in zip(rates, thumbor_rates, strict=True)]
+                ),
+            )
+        )
+    return PeerPoint(
+        workload=workload.name,
+        job=workload.job,
+        thumbor=thumbor_runs[_median_index(thumbor_rates)],
+        thumbor_jobs_per_s=spread(thumbor_rates),
+        thumbor_runs=thumbor_runs,
+        ceiling_images_per_s=ceiling_at(ceiling, workload.name, cores),
+        trees=points,
+    )
 
 
 async def run(args: argparse.Namespace, progress: Progress) -> PeerReport:
@@ -258,17 +384,11 @@ async def run(args: argparse.Namespace, progress: Progress) -> PeerReport:
     ceiling: list[CeilingPoint] = []
     points: list[PeerPoint] = []
     quiet = Quiet(below_pct=args.quiet_below, max_wait_s=args.quiet_wait_s)
-
-    async def settle() -> None:
-        if quiet.max_wait_s > 0:
-            await trio.to_thread.run_sync(wait_for_quiet, quiet)
-
     with tempfile.TemporaryDirectory(prefix="imgjobs-peers-") as scratch:
         root = _scratch_root(Path(scratch), workloads, args.corpus)
         for workload in workloads:
-            data = source_bytes(workload, args.corpus)
-            progress.step(f"{workload.name}: ceiling at {cores} processes")
             if not args.no_ceiling:
+                progress.step(f"{workload.name}: ceiling at {cores} processes")
                 measure = partial(
                     run_ceiling,
                     [workload],
@@ -278,46 +398,16 @@ async def run(args: argparse.Namespace, progress: Progress) -> PeerReport:
                     quiet=quiet if quiet.max_wait_s > 0 else None,
                 )
                 ceiling += await trio.to_thread.run_sync(measure)
-            progress.finish_step()
-            progress.step(f"{workload.name}: thumbor x{cores}")
-            await settle()
-            thumbor = await measure_thumbor(
-                args.thumbor, root, workload, data, args.jobs, args.thumbor_resize
-            )
-            progress.finish_step(f"{thumbor.jobs_per_s:.1f} jobs/s")
-            progress.step(f"{workload.name}: imgjobs pool {cores}", args.jobs)
-            await settle()
-            imgjobs, outputs = await measure_service(
-                workload,
-                data,
-                pool_size=cores,
-                jobs=args.jobs,
-                upload="raw",
-                ceiling=ceiling,
-                cores=cores,
-                on_done=lambda _job: progress.advance(),
-                keep_outputs=True,
-            )
-            progress.finish_step(f"{imgjobs.jobs_per_s:.1f} jobs/s")
-            served = outputs[0] if outputs else b""
-            points.append(
-                PeerPoint(
-                    workload=workload.name,
-                    job=workload.job,
-                    imgjobs=imgjobs,
-                    imgjobs_psnr_db=round(reference_psnr(workload, data, served), 2)
-                    if served
-                    else math.nan,
-                    thumbor=thumbor,
-                    ceiling_images_per_s=ceiling_at(ceiling, workload.name, cores),
-                    imgjobs_over_thumbor=round(ratio(imgjobs.jobs_per_s, thumbor.jobs_per_s), 3),
-                )
-            )
+                progress.finish_step()
+            points.append(await run_workload(args, workload, root, ceiling, progress))
     return PeerReport(
         source=source_revision(),
         machine=describe_machine(),
         thumbor_version=args.thumbor_version,
         jobs=args.jobs,
+        repeats=args.repeats,
+        imgjobs_downloads=True,
+        imgjobs_probes=args.probes,
         ceiling=ceiling,
         points=points,
     )
@@ -330,6 +420,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--thumbor", default=".venv-thumbor/bin/thumbor")
     parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
     parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument(
+        "--app-root",
+        action="append",
+        type=parse_app_tree,
+        metavar="LABEL=PATH",
+        help="a source tree to serve imgjobs from (repeatable; default: this checkout)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="rounds per workload")
+    parser.add_argument(
+        "--probes", action="store_true", help="run bench.pool_sizes' API probes beside imgjobs"
+    )
     parser.add_argument("--thumbor-resize", choices=["stretch", "crop"], default="stretch")
     parser.add_argument("--ceiling-duration-s", type=float, default=DEFAULT_DURATION_S)
     parser.add_argument("--no-ceiling", action="store_true")
@@ -338,6 +439,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quiet-wait-s", type=float, default=10.0, help="0: never wait")
     parser.add_argument("--corpus", type=Path, default=corpus_dir())
     args = parser.parse_args(argv)
+    args.app_root = args.app_root or [AppTree("imgjobs", str(ROOT))]
+    if len({tree.label for tree in args.app_root}) < len(args.app_root):
+        parser.error("every --app-root needs a label of its own")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.quick:
         args.jobs, args.ceiling_duration_s = min(args.jobs, 20), min(args.ceiling_duration_s, 2)
     if not os.access(args.thumbor, os.X_OK):
@@ -349,14 +455,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         [args.thumbor, "--version"], capture_output=True, text=True, check=False, timeout=60
     ).stdout.strip()
     workloads = len(args.workload or DEFAULT_WORKLOADS)
-    progress = Progress(3 * workloads)
+    per_workload = args.repeats * (1 + len(args.app_root)) + (0 if args.no_ceiling else 1)
+    progress = Progress(per_workload * workloads)
     try:
         report = trio.run(run, args, progress)
     finally:
         progress.close()
-    print(f"{report.thumbor_version} against imgjobs {report.source} (pool size = cores)")
+    trees = ", ".join(f"{t.tree} = {t.source}" for t in report.points[0].trees)
+    print(f"{report.thumbor_version} against imgjobs ({trees}; pool size = cores)")
     print(f"on {summary_line(report.machine)}")
-    print(f"{report.jobs} concurrent requests per point.\n")
+    print(
+        f"{report.jobs} concurrent requests per batch, {report.repeats} round(s) per workload;"
+        " imgjobs' jobs include the download of the result"
+        f" ({'with' if report.imgjobs_probes else 'no'} API probes beside them);"
+        " medians [min-max] over rounds.\n"
+    )
     print(table(report))
     path = results_dir() / f"peers-{stamp()}.json"
     write_json(path, report)

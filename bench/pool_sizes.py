@@ -28,11 +28,22 @@ Run from the project root (on 2 cores about 8 minutes with the defaults, ``--qui
     python -m bench.pool_sizes --workload path-1600 --upload json --jobs 100
     python -m bench.pool_sizes --profile                # + py-spy of the server at pool=cores
     python -m bench.pool_sizes --pool-sizes 1,2 --repeats 3   # medians of 3 runs per point
+    python -m bench.pool_sizes --pool-sizes 1,2 --repeats 3 \
+        --app-root before=/tmp/imgjobs-old --app-root after=.  # two trees, interleaved
     make bench BENCH_ARGS="--quick"
 
-With ``--repeats R`` each point is measured R times, each on a fresh server; the run with
-the median jobs/s stands for the point (all its figures come from that run) and the
-tables show the range of the R runs next to it.
+With ``--repeats R`` each point is measured R times, each on a fresh server, in R rounds:
+each round measures every pool size once, forward on even rounds and backward on odd ones
+(1 2 4 4 2 1 ...), so the ratios between pool sizes compare batches of the same minutes of
+the shared machine. The run with the median jobs/s stands for the point (all its figures
+come from that run), the tables show the range of the R runs next to it, and "2 / 1 in
+each round" the range of the round-by-round ratios.
+
+``--app-root label=path`` (repeatable) serves imgjobs from other source trees too (e.g. a
+``git worktree`` of an older commit for "before", and ``after=.``; see ``bench.server``):
+each round then measures every pool size for every tree, interleaved the same way, and
+every row is labelled with its tree. The ceiling (this checkout's ``imaging``) is measured
+once per workload for all of them.
 
 Prints Markdown tables (paste-ready for the README) on stdout, progress on stderr, and
 writes ``bench/results/pool_sizes-<time>.json`` (every figure and the machine), ``.md`` and
@@ -68,7 +79,7 @@ from bench.report import (
     write_json,
 )
 from bench.runs import measure_quality, measure_service
-from bench.server import ServerError
+from bench.server import AppTree, ServerError, parse_app_tree
 from bench.stats import Progress
 from bench.workloads import DEFAULT_WORKLOADS, WORKLOADS, Workload, corpus_dir, source_bytes
 
@@ -90,6 +101,7 @@ class Options(argparse.Namespace):
     quiet_below: float
     quiet_wait_s: float
     repeats: int
+    app_root: list[AppTree] | None
 
 
 def parse_options(argv: Sequence[str] | None) -> Options:
@@ -113,6 +125,13 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         default=1,
         help="batches per point, each on a fresh server; the point shown is the median run",
     )
+    parser.add_argument(
+        "--app-root",
+        action="append",
+        type=parse_app_tree,
+        metavar="LABEL=PATH",
+        help="serve imgjobs from this source tree (repeatable; default: this checkout only)",
+    )
     parser.add_argument("--upload", choices=["json", "raw", "multipart"], default="raw")
     parser.add_argument("--ceiling-duration-s", type=float, default=5.0)
     parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling")
@@ -135,6 +154,9 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         parser.error("--jobs must be at least 1")
     if options.repeats < 1:
         parser.error("--repeats must be at least 1")
+    labels = [tree.label for tree in options.app_root or []]
+    if len(set(labels)) < len(labels):
+        parser.error("every --app-root needs a label of its own")
     if options.profile and py_spy() is None:
         parser.error("--profile needs py-spy (pip install py-spy)")
     return options
@@ -169,17 +191,22 @@ async def run_workload(
         )
         shown = ", ".join(f"{c.images_per_s:.1f} at {c.processes}" for c in ceiling)
         progress.finish_step(f"images/s: {shown}")
-    points: list[PoolPoint] = []
+    trees: list[AppTree | None] = [*options.app_root] if options.app_root else [None]
+    order = [(pool_size, tree) for pool_size in options.pool_sizes for tree in trees]
+    runs: dict[tuple[int, str], list[PoolPoint]] = {}
     quality: Quality | None = None
-    for pool_size in options.pool_sizes:
-        runs: list[PoolPoint] = []
-        for run_number in range(options.repeats):
-            label = f"{workload.name} pool {pool_size}"
+    for run_number in range(options.repeats):
+        for pool_size, tree in order if run_number % 2 == 0 else order[::-1]:
+            label = f"{workload.name} pool {pool_size}" + (f" {tree.label}" if tree else "")
             if options.repeats > 1:
                 label += f" run {run_number + 1}/{options.repeats}"
             progress.step(label, options.jobs)
             profile = (
-                prefix.with_name(f"{prefix.name}-profile-{workload.name}-pool{pool_size}.txt")
+                prefix.with_name(
+                    f"{prefix.name}-profile-{workload.name}-pool{pool_size}"
+                    + (f"-{tree.label}" if tree else "")
+                    + ".txt"
+                )
                 if options.profile
                 and run_number == 0
                 and pool_size == min(cores, max(options.pool_sizes))
@@ -203,12 +230,15 @@ async def run_workload(
                     on_done=done,
                     profile_to=profile,
                     keep_outputs=quality is None and not options.no_quality,
+                    app_root=tree.root if tree else "",
                 )
             except (ServerError, trio.TooSlowError) as exc:
                 progress.message(f"{label}: no result: {exc!r}")
                 progress.finish_step()
                 continue
-            runs.append(point)
+            if tree is not None:
+                point = msgspec.structs.replace(point, tree=tree.label)
+            runs.setdefault((pool_size, tree.label if tree else ""), []).append(point)
             if outputs is not None:
                 quality = await trio.to_thread.run_sync(measure_quality, workload, data, *outputs)
             progress.finish_step(
@@ -219,9 +249,8 @@ async def run_workload(
                 progress.message(f"  failures: {point.failure_samples}")
             if profile is not None:
                 progress.message(summarize(profile, wall_s=point.wall_s))
-        if runs:
-            points.append(median_run(runs))
-    return ceiling, points, quality
+    keys = [(pool_size, tree.label if tree else "") for pool_size, tree in order]
+    return ceiling, [median_run(runs[key]) for key in keys if key in runs], quality
 
 
 def median_run(runs: Sequence[PoolPoint]) -> PoolPoint:
@@ -239,9 +268,11 @@ async def run(options: Options, prefix: Path) -> RunReport:
     cores = len(os.sched_getaffinity(0))
     machine = describe_machine()
     source = source_revision()
+    trees = {tree.label: source_revision(Path(tree.root)) for tree in options.app_root or []}
     workloads = [WORKLOADS[name] for name in options.workload or DEFAULT_WORKLOADS]
     steps = len(workloads) * (
-        len(options.pool_sizes) * options.repeats + (0 if options.no_ceiling else 1)
+        len(options.pool_sizes) * max(len(trees), 1) * options.repeats
+        + (0 if options.no_ceiling else 1)
     )
     progress = Progress(steps)
     progress.message(f"pool_sizes: {summary_line(machine)}")
@@ -269,6 +300,7 @@ async def run(options: Options, prefix: Path) -> RunReport:
         points=points,
         quality=quality,
         machine_after=describe_machine(),
+        trees=trees,
     )
 
 

@@ -60,8 +60,15 @@ class PoolPoint(msgspec.Struct, frozen=True, kw_only=True):
     usage: ResourceUsage
     server_exit_code: int | None
     profile: str = ""
-    # With --repeats: jobs/s of every run of this point; the point is the median run.
+    # With --repeats: jobs/s of every run of this point (in round order); the point is the
+    # median run.
     runs_jobs_per_s: list[float] = msgspec.field(default_factory=list)
+    tree: str = ""  # the source tree's label when a run compares several (bench.server)
+
+    @property
+    def label(self) -> str:
+        """The workload, and the source tree when there is one: a row's name."""
+        return f"{self.workload} ({self.tree})" if self.tree else self.workload
 
     def jobs_cell(self) -> str:
         """jobs/s, with the range of the runs when there were several."""
@@ -95,11 +102,14 @@ class RunReport(msgspec.Struct, frozen=True, kw_only=True):
     points: list[PoolPoint]
     quality: list[Quality]
     machine_after: Machine | None = None
+    # With --app-root: each source tree's label and revision (``source`` is the bench's).
+    trees: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-def source_revision() -> str:
-    """``<commit> (+ uncommitted changes in app/ imaging/)``, read-only git calls."""
-    root = RESULTS.parent.parent
+def source_revision(tree: Path | None = None) -> str:
+    """``<commit> (+ uncommitted changes in app/ imaging/)`` of ``tree`` (this checkout by
+    default, or e.g. a worktree that ``bench.server`` serves), read-only git calls."""
+    root = tree or RESULTS.parent.parent
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -161,7 +171,7 @@ def throughput_table(points: Sequence[PoolPoint]) -> str:
     ]
     rows = [
         [
-            p.workload,
+            p.label,
             str(p.pool_size),
             p.jobs_cell() + (" *" if p.usage.foreign_cpu_pct > NOISY_PCT else ""),
             f"{_num(p.ceiling_images_per_s)} ({p.ceiling_processes})",
@@ -196,7 +206,7 @@ def time_table(points: Sequence[PoolPoint]) -> str:
         u = p.usage
         rows.append(
             [
-                p.workload,
+                p.label,
                 str(p.pool_size),
                 _num(p.queue_wait_ms.p50, 0),
                 _num(p.processing_ms.p50, 0),
@@ -213,26 +223,44 @@ def time_table(points: Sequence[PoolPoint]) -> str:
 
 
 def scaling_table(points: Sequence[PoolPoint]) -> str:
-    """jobs/s at pool 1 against pool 2 (and the best pool size), per workload."""
+    """jobs/s at pool 1 against pool 2 (and the best pool size), per workload (and tree);
+    with repeats, also the ratio within each round."""
     rows = []
-    for name in dict.fromkeys(p.workload for p in points):
-        mine = {p.pool_size: p for p in points if p.workload == name}
+    for name in dict.fromkeys(p.label for p in points):
+        mine = {p.pool_size: p for p in points if p.label == name}
         one = mine[1].jobs_per_s if 1 in mine else math.nan
         two = mine[2].jobs_per_s if 2 in mine else math.nan
         best = max(mine.values(), key=lambda p: p.jobs_per_s)
+        rounds = (
+            [b / a for a, b in zip(mine[1].runs_jobs_per_s, mine[2].runs_jobs_per_s, strict=True)]
+            if 1 in mine
+            and 2 in mine
+            and len(mine[1].runs_jobs_per_s) == len(mine[2].runs_jobs_per_s) > 1
+            and min(mine[1].runs_jobs_per_s) > 0
+            else []
+        )
         rows.append(
             [
                 name,
                 mine[1].jobs_cell() if 1 in mine else "-",
                 mine[2].jobs_cell() if 2 in mine else "-",
                 f"{ratio(two, one):.2f}x" if not math.isnan(ratio(two, one)) else "-",
+                f"{min(rounds):.2f}-{max(rounds):.2f}x" if rounds else "-",
                 f"{mine[2].efficiency:.0%}"
                 if 2 in mine and not math.isnan(mine[2].efficiency)
                 else "-",
                 f"{_num(best.jobs_per_s)} at {best.pool_size}",
             ]
         )
-    headers = ["workload", "pool 1 jobs/s", "pool 2 jobs/s", "2 / 1", "efficiency at 2", "best"]
+    headers = [
+        "workload",
+        "pool 1 jobs/s",
+        "pool 2 jobs/s",
+        "2 / 1",
+        "2 / 1 in each round",
+        "efficiency at 2",
+        "best",
+    ]
     return _table(headers, rows)
 
 
@@ -254,8 +282,10 @@ def quality_table(quality: Sequence[Quality]) -> str:
 
 def markdown(report: RunReport) -> str:
     """The whole report as Markdown, paste-ready for the README."""
+    served = "; ".join(f"{label} = {source}" for label, source in report.trees.items())
     parts = [
-        f"Measured {report.started_at} on {summary_line(report.machine)}; imgjobs {report.source}.",
+        f"Measured {report.started_at} on {summary_line(report.machine)}; imgjobs"
+        f" {f'source trees: {served}' if served else report.source}.",
         f"{report.jobs} concurrent jobs per point ({report.upload} upload), a fresh server per"
         " point; efficiency = service jobs/s / ceiling images/s at min(pool size, cores)"
         ' processes. "other" CPU is what processes outside the benchmark took: noise;'

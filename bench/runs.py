@@ -95,41 +95,57 @@ async def measure_service(
     on_done: Callable[[JobResult], None] | None = None,
     profile_to: Path | None = None,
     keep_outputs: bool = False,
+    download: bool = False,
+    app_root: str = "",
+    probes: bool = True,
 ) -> tuple[PoolPoint, tuple[bytes, bytes] | None]:
-    """Measure ``jobs`` concurrent jobs on a fresh server.
+    """Measure ``jobs`` concurrent jobs on a fresh server (of the source tree ``app_root``,
+    see ``bench.server``; "" for this checkout).
 
+    With ``download``, each job's result is read in full before the job counts as done.
+    Without ``probes``, no status, health or 1 MB submit probes run beside the batch (when
+    the server is compared with one that gets no such extra requests).
     With ``keep_outputs``, afterwards also download one result as served and the result
     of a PNG-output twin job (for :func:`measure_quality`).
     """
     payload = make_payload(workload, data, upload)
     loaded_payload = make_payload(LOADED_SUBMIT, source_bytes(LOADED_SUBMIT, corpus_dir()), "raw")
-    config = ServerConfig(pool_size=pool_size, queue_size=max(1000, 4 * jobs))
+    config = ServerConfig(pool_size=pool_size, queue_size=max(1000, 4 * jobs), app_root=app_root)
     outputs: tuple[bytes, bytes] | None = None
     async with (
         open_server(config) as server,
         open_client(server.url, jobs + pool_size + 2) as client,
     ):
         with trio.fail_after(BATCH_DEADLINE_S):
-            await run_batch(client, payload, pool_size)
+            await run_batch(client, payload, pool_size, download=download)
         ids: list[str] = []
-        probes = Probes()
+        probed = Probes()
         submitted = trio.Event()
         async with trio.open_nursery() as nursery:
             sampler = ProcessSampler(server.pid)
             nursery.start_soon(_serve_sampling, sampler)
-            await nursery.start(serve_probes, server.url, ids, probes)
-            await nursery.start(serve_submit_probes, server.url, loaded_payload, submitted, probes)
+            if probes:
+                await nursery.start(serve_probes, server.url, ids, probed)
+                await nursery.start(
+                    serve_submit_probes, server.url, loaded_payload, submitted, probed
+                )
             async with _maybe_profile(server.pid, profile_to):
                 with trio.fail_after(BATCH_DEADLINE_S):
                     batch = await run_batch(
-                        client, payload, jobs, ids=ids, on_done=on_done, submitted=submitted
+                        client,
+                        payload,
+                        jobs,
+                        ids=ids,
+                        on_done=on_done,
+                        submitted=submitted,
+                        download=download,
                     )
                 usage = sampler.finish()
             nursery.cancel_scope.cancel()
         if keep_outputs and batch.completed:
             first = batch.completed[0].job_id
             outputs = await _download_outputs(client, workload, data, upload, first)
-    found = _Found(config.pool_size, upload, batch, probes, usage, profile_to)
+    found = _Found(config.pool_size, upload, batch, probed, usage, profile_to)
     return _point(workload, server, found, ceiling, cores), outputs
 
 

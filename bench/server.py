@@ -5,10 +5,18 @@ Each server gets fresh temporary folders (database, uploads, outputs), binds a f
 JSON log lines are kept, so a benchmark can read ``job.started`` (``queue_wait_ms``) and
 ``job.finished`` (``processing_ms``) of its own jobs. Leaving the block sends SIGTERM and
 waits for a clean exit.
+
+The server runs this checkout's ``app`` unless told otherwise: ``ServerConfig.app_root``,
+else the ``BENCH_APP_ROOT`` environment variable, names another source tree (e.g. a
+``git worktree`` of an older commit), which becomes the server's working directory and the
+first ``PYTHONPATH`` entry, so its ``app`` and ``imaging`` are imported instead of this
+checkout's, with this checkout's virtualenv and bench code. ``AppTree`` ("label=path") is
+how a benchmark that compares source trees takes them on its command line.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -25,9 +33,19 @@ import trio
 
 from bench.procs import children
 
-__all__ = ["RunningServer", "ServerConfig", "ServerError", "open_server"]
+__all__ = [
+    "APP_ROOT_VARIABLE",
+    "AppTree",
+    "RunningServer",
+    "ServerConfig",
+    "ServerError",
+    "app_root",
+    "open_server",
+    "parse_app_tree",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
+APP_ROOT_VARIABLE = "BENCH_APP_ROOT"
 # How long a server may take to import, open its database and bind (generous: shared box).
 START_DEADLINE_S = 60.0
 # SIGTERM drains in-flight jobs; a benchmark stops an idle server, so this is plenty.
@@ -48,6 +66,35 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     python: str = sys.executable
     extra_env: dict[str, str] = msgspec.field(default_factory=dict)
+    # The source tree to serve; "" means $BENCH_APP_ROOT, or this checkout without it.
+    app_root: str = ""
+
+
+class AppTree(msgspec.Struct, frozen=True):
+    """A source tree a benchmark runs the server from, and its label in the tables."""
+
+    label: str
+    root: str
+
+
+def parse_app_tree(text: str) -> AppTree:
+    """``label=path`` or a bare ``path`` (labelled by its folder name), for ``argparse``."""
+    label, sep, path = text.partition("=")
+    if not sep:
+        label, path = Path(text).resolve().name, text
+    root = Path(path).resolve()
+    if not label or not (root / "app" / "__main__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected label=path to an imgjobs tree")
+    return AppTree(label, str(root))
+
+
+def app_root(config: ServerConfig) -> Path:
+    """The tree ``config`` serves: ``app_root``, else ``$BENCH_APP_ROOT``, else this checkout."""
+    chosen = config.app_root or os.environ.get(APP_ROOT_VARIABLE, "")
+    root = Path(chosen).resolve() if chosen else ROOT
+    if not (root / "app" / "__main__.py").is_file():
+        raise ServerError(f"{root} is not an imgjobs source tree (no app/__main__.py)")
+    return root
 
 
 class RunningServer:
@@ -104,10 +151,13 @@ class RunningServer:
         return self.url
 
 
-def environment(config: ServerConfig, folder: Path) -> dict[str, str]:
-    """The variables ``make run`` would read, all paths under ``folder``."""
+def environment(config: ServerConfig, folder: Path, root: Path = ROOT) -> dict[str, str]:
+    """The variables ``make run`` would read, all paths under ``folder``; ``root``'s modules
+    come first on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COV_"))}
+    path = [str(root), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(
+        PYTHONPATH=os.pathsep.join(path),
         PORT="0",
         HOST="127.0.0.1",
         DB_PATH=str(folder / "data" / "jobs.db"),
@@ -128,12 +178,13 @@ async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
     """Start a fresh server, yield it once it listens, then stop it with SIGTERM."""
     with tempfile.TemporaryDirectory(prefix="imgjobs-bench-") as scratch:
         folder = Path(scratch)
+        root = app_root(config)
         command = [config.python, "-m", "app"]
         async with trio.open_nursery() as nursery:
             process = await trio.lowlevel.open_process(
                 command,
-                env=environment(config, folder),
-                cwd=str(ROOT),
+                env=environment(config, folder, root),
+                cwd=str(root),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,

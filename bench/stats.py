@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -10,7 +11,7 @@ from typing import TextIO
 
 import msgspec
 
-__all__ = ["Progress", "Summary", "percentile", "ratio", "summarize"]
+__all__ = ["Progress", "Spread", "Summary", "percentile", "ratio", "spread", "summarize"]
 
 
 class Summary(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +55,23 @@ def summarize(values: Iterable[float]) -> Summary:
         max=round(ordered[-1], 3),
         mean=round(sum(ordered) / len(ordered), 3),
     )
+
+
+class Spread(msgspec.Struct, frozen=True, kw_only=True):
+    """The median and range of a few measurements (batches, rounds)."""
+
+    median: float
+    low: float
+    high: float
+
+    def cell(self, digits: int = 2) -> str:
+        return f"{self.median:.{digits}f} [{self.low:.{digits}f}-{self.high:.{digits}f}]"
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Median, min and max of ``values`` (at least one)."""
+    low, high = round(min(values), 4), round(max(values), 4)
+    return Spread(median=round(statistics.median(values), 4), low=low, high=high)
 
 
 def ratio(numerator: float, denominator: float) -> float:
