@@ -14,6 +14,7 @@ from hypercorn.typing import (
 )
 from quart import current_app
 from quart_trio import QuartTrio
+from quart_trio.wrappers.response import TrioFileBody, TrioResponse
 
 from app.admission import UploadGate
 from app.service import Service
@@ -21,11 +22,27 @@ from app.settings import Settings
 
 __all__ = ["ImgJobsApp", "current_service"]
 
+# A download is read from its file this much at a time, each read a hop to a thread.
+DOWNLOAD_READ_BYTES = 256 * 1024
+
+
+class _DownloadBody(TrioFileBody):
+    """A file response read 256 KiB at a time instead of 8 KiB: a 500 KB output took 60
+    thread hand-offs (44 ms of server CPU per job with its download, against 17 for the
+    same job with a 9 KB output: bench.scale_out)."""
+
+    buffer_size = DOWNLOAD_READ_BYTES
+
+
+class _Response(TrioResponse):
+    file_body_class = _DownloadBody
+
 
 class ImgJobsApp(QuartTrio):
     """A QuartTrio app that carries its settings and, while serving, its service; request
     bodies of POSTs (uploads) pass its upload gate."""
 
+    response_class = _Response
     settings: Settings
     service: Service
     uploads: UploadGate
