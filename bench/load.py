@@ -119,6 +119,7 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True):
     result_height: int | None = None
     dropped_polls: int = 0  # long-polls the server closed without an answer
     downloaded_bytes: int = 0  # the result's body, when the batch downloads it
+    download_ms: float = 0.0  # its share of e2e_ms
 
 
 class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -229,6 +230,7 @@ async def _run_job(
     problem: dict[str, Any] = view.get("error") or {}
     error = f"{problem.get('code')}: {problem.get('message')}" if problem else ""
     downloaded = 0
+    ended = time.perf_counter()
     if download and status == "completed":
         downloaded, failure = await _download(client, job_id)
         if failure:
@@ -245,6 +247,7 @@ async def _run_job(
         result_height=view.get("result_height"),
         dropped_polls=dropped,
         downloaded_bytes=downloaded,
+        download_ms=(done - ended) * 1000,
     )
 
 

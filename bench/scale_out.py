@@ -66,12 +66,13 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+import httpx
 import msgspec
 import trio
 
 from bench.floor import BATCH_DEADLINE_S, wait_server_idle
-from bench.http import LeanConnection
-from bench.load import LONG_POLL_S, MAX_POLLS, TERMINAL, Payload, make_payload
+from bench.load import TERMINAL, Payload, make_payload, open_client
+from bench.load import run_job as load_job
 from bench.machine import Machine, describe_machine, summary_line
 from bench.overhead import delete_jobs
 from bench.procs import (
@@ -244,43 +245,18 @@ class JobTiming(msgspec.Struct, frozen=True, kw_only=True):
     output_bytes: int
 
 
-async def run_job(url: str, payload: Payload) -> JobTiming:
-    """One job on a connection of its own: submit, long-poll to its end, download."""
-    connection = LeanConnection(url)
-    try:
-        started = time.perf_counter()
-        submitted = await connection.request(
-            "POST",
-            "/jobs",
-            params=payload.fields,
-            body=payload.content,
-            content_type=payload.media_type,
-        )
-        if submitted.status_code != 202:
-            raise ScaleOutError(f"POST /jobs answered {submitted.status_code}")
-        job_id, status = str(submitted.json()["job_id"]), "pending"
-        for _ in range(MAX_POLLS):
-            params = {"wait": str(LONG_POLL_S)}
-            polled = await connection.request("GET", f"/jobs/{job_id}", params=params)
-            if polled.status_code != 200:
-                raise ScaleOutError(f"GET /jobs/{job_id} answered {polled.status_code}")
-            if (status := str(polled.json()["status"])) in TERMINAL:
-                break
-        ended = time.perf_counter()
-        size = 0
-        if status == "completed":
-            download = await connection.request("GET", f"/jobs/{job_id}/download")
-            if download.status_code != 200:
-                raise ScaleOutError(f"the download of {job_id} answered {download.status_code}")
-            size = len(download.content)
-    finally:
-        await connection.aclose()
+async def run_job(client: httpx.AsyncClient, payload: Payload) -> JobTiming:
+    """One job on a connection of its own: submit, long-poll to its end, download
+    (`bench.load.run_job`); a job the service did not take or serve stops the batch."""
+    job = await load_job(client, payload, time.perf_counter(), [], lambda: None, download=True)
+    if job.status not in TERMINAL:
+        raise ScaleOutError(f"job {job.job_id or '(not submitted)'}: {job.status} {job.error}")
     return JobTiming(
-        job_id=job_id,
-        status=status,
-        latency_ms=round(1000 * (ended - started), 1),
-        download_ms=round(1000 * (time.perf_counter() - ended), 1),
-        output_bytes=size,
+        job_id=job.job_id,
+        status=job.status,
+        latency_ms=round(job.e2e_ms - job.download_ms, 1),
+        download_ms=round(job.download_ms, 1),
+        output_bytes=job.downloaded_bytes,
     )
 
 
@@ -289,14 +265,15 @@ async def run_jobs(url: str, payload: Payload, jobs: int, concurrency: int) -> l
     done: list[JobTiming] = []
     left = iter(range(jobs))
 
-    async def submitter() -> None:
+    async def submitter(client: httpx.AsyncClient) -> None:
         for _ in left:  # shared: each number is taken by one submitter
-            done.append(await run_job(url, payload))
+            done.append(await run_job(client, payload))
 
-    with trio.fail_after(BATCH_DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(concurrency, jobs)):
-                nursery.start_soon(submitter)
+    async with open_client(url, concurrency) as client:
+        with trio.fail_after(BATCH_DEADLINE_S):
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(concurrency, jobs)):
+                    nursery.start_soon(submitter, client)
     return done
 
 
